@@ -1,0 +1,60 @@
+"""Training-state checkpoints: everything a run needs to continue bit-for-bit, written atomically."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ckd.atomic import atomic_directory
+from ckd.errors import CkdError
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"
+STATE_FILE = "state.pt"
+FORMAT_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def latest_path(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINT_DIR / LATEST
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Replace the latest checkpoint in one rename; a kill mid-write leaves the previous one intact."""
+    with atomic_directory(latest_path(run_dir)) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp / STATE_FILE)
+
+
+def load_checkpoint(run_dir: Path, config_fingerprint: str) -> dict[str, Any] | None:
+    path = latest_path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a checkpoint that cannot be read cannot be resumed from
+        raise CkdError(f"checkpoint {path} is unreadable ({exc.__class__.__name__}): delete {path.parent} to start over") from None
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CkdError(f"checkpoint {path} was written by an incompatible version: delete {path.parent} to start over")
+    if state.get("config_fingerprint") != config_fingerprint:
+        raise CkdError(
+            f"checkpoint {path} belongs to a different config: use another output_dir or delete {path.parent.parent} to start over"
+        )
+    return state
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)

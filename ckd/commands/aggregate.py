@@ -1,0 +1,42 @@
+"""`ckd aggregate`: paper-style tables (CSV, Markdown, LaTeX) from a study's run records."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLE = """example:
+  ckd aggregate --study-dir results/smoke
+  ckd aggregate --study-dir results/paper --score best --baseline kd --bootstrap 10000 --expected expected.json
+Writes main, paper_delta, ablation and significance as .csv/.md/.tex, plus missing.md and runs.csv.
+--expected: JSON list of {"task", "student", "method", "seed"} (teacher runs: method "teacher")."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "aggregate", help="tables from a study's run records", description=__doc__.split("`: ")[1],
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--study-dir", required=True, help="results/<study>, holding teachers/ and runs/")
+    parser.add_argument("--out", help="output folder (default: <study-dir>/tables)")
+    parser.add_argument("--score", choices=("final", "best"), default="final",
+                        help="final checkpoint or best-on-dev checkpoint (default: final)")
+    parser.add_argument("--reference", help="published numbers (default: the packaged ckd/resources/paper_dev.csv)")
+    parser.add_argument("--baseline", default="kd", help="method the significance table compares against (default: kd)")
+    parser.add_argument("--bootstrap", type=int, default=10000, metavar="B", help="bootstrap draws (default: 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap (default: 0)")
+    parser.add_argument("--alternative", choices=("greater", "two-sided"), default="greater",
+                        help="one-sided (method beats the baseline) or two-sided test (default: greater)")
+    parser.add_argument("--expected", help="JSON list of the study's expected runs, for missing.md")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ckd.aggregate import aggregate_study
+
+    written = aggregate_study(
+        args.study_dir, args.out, score=args.score, reference=args.reference, baseline=args.baseline,
+        n_boot=args.bootstrap, seed=args.seed, alternative=args.alternative, expected=args.expected,
+    )
+    for path in written:
+        print(path)
+    return 0

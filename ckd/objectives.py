@@ -1,0 +1,179 @@
+"""A method's loss: its weighted terms, evaluated on one batch's teacher and student outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ckd.errors import ConfigError, ModelError
+from ckd.layer_maps import LayerMap, layer_map
+from ckd.losses import distilbert, logits, minilm, pkd, relations, tinybert
+from ckd.methods import ResolvedMethod, Term
+
+
+@dataclass
+class Outputs:
+    """What one model produced for a batch: logits, hidden states (L + 1) and captured attention internals."""
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    capture: Any = None  # ckd.hooks.AttentionCapture after the forward
+
+
+@dataclass
+class Batch:
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+TermFn = Callable[["Objective", Term, Batch, Outputs, Outputs | None], torch.Tensor]
+
+
+def _mapped(obj: "Objective", student: Outputs, teacher: Outputs) -> tuple[list, list]:
+    return obj.map.select(teacher.hidden_states, student.hidden_states)
+
+
+def _task(obj, term, batch, student, teacher):
+    if obj.regression:
+        return logits.mse(student.logits, batch.labels)
+    return logits.cross_entropy(student.logits, batch.labels)
+
+
+def _kd(obj, term, batch, student, teacher):
+    alpha = float(obj.settings["alpha"])
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must lie in [0, 1], got {alpha}")
+    hard = _task(obj, term, batch, student, teacher) if alpha < 1.0 else 0.0
+    if obj.regression:
+        soft = logits.kd_regression(student.logits, teacher.logits)
+    else:
+        soft = logits.kd_loss(
+            student.logits, teacher.logits, float(obj.settings["temperature"]), t2_scale=bool(obj.settings["t2_scale"])
+        )
+    return (1.0 - alpha) * hard + alpha * soft
+
+
+def _kd_released(obj, term, batch, student, teacher):
+    temperature = float(obj.settings["temperature"])
+    if obj.regression:
+        return logits.mse_scaled(student.logits, teacher.logits, temperature)
+    return logits.soft_cross_entropy(student.logits, teacher.logits, temperature)
+
+
+def _relation(fn):
+    def term_fn(obj, term, batch, student, teacher):
+        t_states, s_states = _mapped(obj, student, teacher)
+        return fn(t_states, s_states, batch.attention_mask, **term.options)
+
+    return term_fn
+
+
+def _pkd(obj, term, batch, student, teacher):
+    t_states, s_states = _mapped(obj, student, teacher)
+    return pkd.pkd_patient(t_states, s_states, batch.attention_mask, **term.options)
+
+
+def _tinybert_embedding(obj, term, batch, student, teacher):
+    t_states, s_states = _mapped(obj, student, teacher)
+    return tinybert.hidden_mse(t_states[:1], s_states[:1], obj.embedding_projection, batch.attention_mask)
+
+
+def _tinybert_hidden(obj, term, batch, student, teacher):
+    t_states, s_states = _mapped(obj, student, teacher)
+    return tinybert.hidden_mse(t_states[1:], s_states[1:], obj.hidden_projection, batch.attention_mask)
+
+
+def _tinybert_attention(obj, term, batch, student, teacher):
+    pairs = obj.map.attention_pairs
+    t_scores = [teacher.capture.scores(t) for t, _ in pairs]
+    s_scores = [student.capture.scores(s) for _, s in pairs]
+    return tinybert.attention_mse(t_scores, s_scores, batch.attention_mask)
+
+
+def _minilm_attention(obj, term, batch, student, teacher):
+    return minilm.attention_kl(teacher.capture.scores(-1), student.capture.scores(-1), batch.attention_mask)
+
+
+def _minilm_value(obj, term, batch, student, teacher):
+    return minilm.value_relation_kl(teacher.capture.values(-1), student.capture.values(-1), batch.attention_mask)
+
+
+def _distilbert_cosine(obj, term, batch, student, teacher):
+    return distilbert.cosine_hidden_loss(teacher.hidden_states[-1], student.hidden_states[-1], batch.attention_mask)
+
+
+@dataclass(frozen=True)
+class TermKind:
+    fn: TermFn
+    teacher: bool = True       # needs teacher outputs at all
+    hidden: bool = False       # needs hidden states
+    capture: bool = False      # needs attention internals (Q, K, V)
+    layer_map: bool = False    # needs the method's layer map
+
+
+TERMS: dict[str, TermKind] = {
+    "task": TermKind(_task, teacher=False),
+    "kd": TermKind(_kd),
+    "kd_released": TermKind(_kd_released),
+    "wr_pair": TermKind(_relation(relations.wr_pair), hidden=True, layer_map=True),
+    "wr_triple": TermKind(_relation(relations.wr_triple), hidden=True, layer_map=True),
+    "ltr_pair": TermKind(_relation(relations.ltr_pair), hidden=True, layer_map=True),
+    "ltr_triple": TermKind(_relation(relations.ltr_triple), hidden=True, layer_map=True),
+    "pkd": TermKind(_pkd, hidden=True, layer_map=True),
+    "tinybert_embedding": TermKind(_tinybert_embedding, hidden=True, layer_map=True),
+    "tinybert_hidden": TermKind(_tinybert_hidden, hidden=True, layer_map=True),
+    "tinybert_attention": TermKind(_tinybert_attention, capture=True, layer_map=True),
+    "minilm_attention": TermKind(_minilm_attention, capture=True),
+    "minilm_value": TermKind(_minilm_value, capture=True),
+    "distilbert_cosine": TermKind(_distilbert_cosine, hidden=True),
+}
+
+
+class Objective(nn.Module):
+    """Weighted sum of a method's terms. Holds any learnable part of the loss (TinyBERT projections)."""
+
+    def __init__(self, method: ResolvedMethod, *, regression: bool, teacher_config: Any | None, student_config: Any):
+        super().__init__()
+        self.method = method
+        self.settings = method.settings
+        self.regression = regression
+        self.terms = [(term, TERMS[term.name]) for term in method.terms if term.weight != 0.0]
+        if not self.terms:
+            raise ConfigError(f"method {method.name!r}: every loss weight is 0, nothing to train")
+        self.needs_teacher = method.needs_teacher and any(kind.teacher for _, kind in self.terms)
+        self.needs_hidden = any(kind.hidden for _, kind in self.terms)
+        self.needs_capture = any(kind.capture for _, kind in self.terms)
+        self.logits_only = self.needs_teacher and not (self.needs_hidden or self.needs_capture)
+        self.map: LayerMap | None = None
+        if self.needs_teacher and teacher_config is None:
+            raise ConfigError(f"method {method.name!r} needs a teacher: set teacher.name_or_path")
+        if any(kind.layer_map for _, kind in self.terms):
+            if not method.layer_map:
+                raise ConfigError(f"method {method.name!r} uses layer-wise terms but names no layer_map")
+            self.map = layer_map(method.layer_map, teacher_config.num_hidden_layers, student_config.num_hidden_layers)
+        if self.needs_capture:
+            for what in ("num_attention_heads",):
+                t, s = getattr(teacher_config, what), getattr(student_config, what)
+                if t != s:
+                    raise ModelError(
+                        f"method {method.name!r} transfers attention per head and needs equal head counts "
+                        f"(teacher {t}, student {s}): give the student {t} heads or choose another method"
+                    )
+        self.embedding_projection = self.hidden_projection = None
+        if any(term.name in ("tinybert_embedding", "tinybert_hidden") for term, _ in self.terms):
+            widths = (student_config.hidden_size, teacher_config.hidden_size)
+            self.embedding_projection = tinybert.TinyBertProjections(*widths, 1)
+            self.hidden_projection = tinybert.TinyBertProjections(*widths, len(self.map.pairs) - 1, sharing="released")
+
+    def forward(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> tuple[torch.Tensor, dict[str, float]]:
+        total = None
+        values: dict[str, float] = {}
+        for term, kind in self.terms:
+            value = kind.fn(self, term, batch, student, teacher)
+            values[term.name] = float(value.detach())
+            weighted = term.weight * value
+            total = weighted if total is None else total + weighted
+        return total, values

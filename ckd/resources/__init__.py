@@ -1,0 +1,1 @@
+"""Package data: published reference numbers (see paper_dev.md)."""

@@ -1,0 +1,184 @@
+"""From a resolved run config to a finished run folder: data, models, objective, training, record."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ckd import checkpoint as ckpt
+from ckd.atomic import atomic_directory, atomic_write_json
+from ckd.config import fingerprint
+from ckd.data.encoding import encode_split
+from ckd.data.loading import data_fingerprint, load_split
+from ckd.data.tasks import get_task
+from ckd.errors import CkdError, ConfigError
+from ckd.evaluation import evaluate
+from ckd.hooks import AttentionCapture
+from ckd.methods import ResolvedMethod, Term, load_methods, resolve_method
+from ckd.models import build_model, check_same_tokenizer, describe, save_model
+from ckd.objectives import TERMS, Batch, Objective, Outputs
+from ckd.run_record import RECORD_FILE, PREDICTIONS_FILE, build_record, predictions_payload
+from ckd.teacher_cache import load_teacher_logits
+from ckd.train import TrainSetup, train
+
+DEFAULT_LR = 5e-5
+DEFAULT_EPOCHS = 3
+
+
+def run_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, hidden: bool, capture: bool) -> Outputs:
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    recorder = AttentionCapture(model) if capture else nullcontext()
+    with recorder:
+        out = model(**inputs, output_hidden_states=hidden)
+    return Outputs(logits=out.logits, hidden_states=out.hidden_states if hidden else None, capture=recorder if capture else None)
+
+
+def _load_data(config: dict[str, Any], task: Any) -> tuple[list, dict[str, list]]:
+    data = config["data"]
+    options: dict[str, Any] = {}
+    if data["synthetic_train_size"] or data["synthetic_dev_size"]:
+        options["synthetic_sizes"] = {
+            "train": data["synthetic_train_size"],
+            "dev": data["synthetic_dev_size"],
+        }
+        options["synthetic_sizes"] = {k: v for k, v in options["synthetic_sizes"].items() if v}
+    common = {"source": data["source"], "glue_dir": data["glue_dir"], "subsample_seed": data["subsample_seed"], **options}
+    train_examples = load_split(task, "train", max_examples=data["max_train_examples"], **common)
+    dev = {split: load_split(task, split, max_examples=data["max_eval_examples"], **common) for split in task.dev_splits}
+    return train_examples, dev
+
+
+def _finetune_method(task_name: str) -> ResolvedMethod:
+    return ResolvedMethod(
+        name="finetune", base="finetune", description="fine-tuning on gold labels", needs_teacher=False,
+        layer_map=None, intermediate=False, after=None, terms=[Term("task", 1.0)], settings={},
+    )
+
+
+def _train_hyperparameters(config: dict[str, Any], method: ResolvedMethod) -> tuple[float, int]:
+    lr = config["train"]["lr"] or method.settings.get("lr") or DEFAULT_LR
+    epochs = config["train"]["epochs"] or method.settings.get("epochs") or DEFAULT_EPOCHS
+    return float(lr), int(epochs)
+
+
+def is_complete(run_dir: Path) -> bool:
+    return (run_dir / RECORD_FILE).is_file()
+
+
+def execute(kind: str, config: dict[str, Any], *, force: bool = False) -> dict[str, Any] | None:
+    """Run `ckd finetune` or `ckd distill` for a resolved config; returns the record (None if already done)."""
+    run_dir = Path(config["output_dir"])
+    if is_complete(run_dir) and not force:
+        print(f"{run_dir / RECORD_FILE} exists: run already complete (use --force to redo it)", file=sys.stderr)
+        return None
+    if force and is_complete(run_dir):
+        (run_dir / RECORD_FILE).unlink()
+        ckpt.remove_checkpoints(run_dir)
+    started = time.time()
+    if config["train"]["threads"]:
+        torch.set_num_threads(int(config["train"]["threads"]))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    task = get_task(config["task"])
+    config = copy.deepcopy(config)
+    config["task"] = task.name
+
+    if kind == "finetune":
+        method = _finetune_method(task.name)
+        model_spec = config["model"]
+        teacher_built = None
+    else:
+        document = load_methods(config["methods_file"])
+        method = resolve_method(
+            document, config["method"], task.name,
+            use_task_settings=bool(config["use_task_settings"]), options=config["method_options"], known_terms=set(TERMS),
+        )
+        model_spec = copy.deepcopy(config["student"])
+        if method.after:
+            model_spec = _second_stage_student(config, method, model_spec, force)
+        teacher_built = None
+        if method.needs_teacher:
+            if not config["teacher"]:
+                raise ConfigError(f"method {method.name!r} needs a teacher: set teacher.name_or_path to a fine-tuned teacher folder")
+            teacher_built = build_model(config["teacher"], num_labels=task.num_labels, regression=task.is_regression, role="teacher")
+            teacher_built.model.eval().requires_grad_(False)
+
+    lr, epochs = _train_hyperparameters(config, method)
+    role = "model" if kind == "finetune" else "student"
+    student = build_model(model_spec, num_labels=task.num_labels, regression=task.is_regression, role=role, seed=int(config["seed"]))
+    if teacher_built is not None:
+        check_same_tokenizer(teacher_built.tokenizer, student.tokenizer, str(config["teacher"].get("name_or_path")), str(model_spec.get("name_or_path") or model_spec.get("tokenizer")))
+
+    train_examples, dev_examples = _load_data(config, task)
+    max_length = int(config["data"]["max_length"])
+    train_data = encode_split(train_examples, student.tokenizer, max_length, task)
+    dev_data = {split: encode_split(examples, student.tokenizer, max_length, task) for split, examples in dev_examples.items()}
+    fingerprints = {"train": data_fingerprint(train_examples), **{s: data_fingerprint(e) for s, e in dev_examples.items()}}
+
+    objective = Objective(
+        method, regression=task.is_regression,
+        teacher_config=teacher_built.model.config if teacher_built else None, student_config=student.model.config,
+    )
+    cached_logits = None
+    if teacher_built is not None and objective.logits_only and config.get("teacher_logits"):
+        cached_logits = load_teacher_logits(config["teacher_logits"], fingerprints["train"], len(train_examples))
+
+    def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        student_out = run_forward(student.model, batch, hidden=objective.needs_hidden, capture=objective.needs_capture)
+        teacher_out = None
+        if objective.needs_teacher:
+            if cached_logits is not None:
+                teacher_out = Outputs(logits=cached_logits[batch["index"]])
+            else:
+                with torch.no_grad():
+                    teacher_out = run_forward(teacher_built.model, batch, hidden=objective.needs_hidden, capture=objective.needs_capture)
+        return objective(Batch(labels=batch["labels"], attention_mask=batch["attention_mask"]), student_out, teacher_out)
+
+    config_fp = fingerprint({k: v for k, v in config.items() if k not in ("study",)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup = TrainSetup(
+        run_dir=run_dir, config=config, config_fingerprint=config_fp, student=student.model, objective=objective,
+        step_loss=step_loss, train_data=train_data, dev_data=dev_data, task=task, lr=lr, epochs=epochs,
+        evaluate_dev=not method.intermediate,
+    )
+    result = train(setup)
+
+    eval_ms = None
+    if not method.intermediate:
+        _, _, eval_ms = evaluate(student.model, dev_data, task, int(config["train"]["eval_batch_size"]))
+    if config["train"]["save_model"] or method.intermediate:
+        with atomic_directory(run_dir / "model") as tmp:
+            save_model(student, tmp)
+    if result.final_predictions is not None:
+        atomic_write_json(run_dir / PREDICTIONS_FILE, predictions_payload(result.final_predictions, result.best_predictions))
+    record = build_record(
+        kind="intermediate" if method.intermediate else kind,
+        config=config, config_fingerprint=config_fp, task=task, method=method, result=result,
+        student=describe(student.model, student.spec),
+        teacher=describe(teacher_built.model, {**config["teacher"], "name": config["teacher"].get("name")}) if teacher_built else None,
+        layer_map=objective.map.to_record() if objective.map else None,
+        data_fingerprints=fingerprints, wall_seconds=time.time() - started, eval_ms_per_example=eval_ms,
+    )
+    atomic_write_json(run_dir / RECORD_FILE, record)
+    ckpt.remove_checkpoints(run_dir)
+    return record
+
+
+def _second_stage_student(config: dict[str, Any], method: ResolvedMethod, student_spec: dict[str, Any], force: bool) -> dict[str, Any]:
+    """A chained method (TinyBERT prediction) starts from its first stage's student: run or reuse that stage."""
+    stage_dir = config.get("init_from_run")
+    if not stage_dir:
+        stage_dir = str(Path(config["output_dir"]) / "stage1")
+        stage_config = copy.deepcopy(config)
+        stage_config.update(method=method.after, output_dir=stage_dir, method_name=None, init_from_run=None)
+        print(f"method {method.name!r} runs after {method.after!r}: running that stage in {stage_dir}", file=sys.stderr)
+        execute("distill", stage_config, force=force)
+    model_dir = Path(stage_dir) / "model"
+    if not (Path(stage_dir) / RECORD_FILE).is_file() or not model_dir.is_dir():
+        raise CkdError(f"init_from_run={stage_dir} is not a finished {method.after!r} run (no record.json / model/): run that stage first")
+    return {"name_or_path": str(model_dir), "init": "pretrained", "name": student_spec.get("name") or None}
