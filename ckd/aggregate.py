@@ -49,7 +49,8 @@ PAPER_METHODS = {
     "finetune": ("Fine-tune (no KD)", None),
     TEACHER_METHOD: ("BERT-base (teacher)", None),
 }
-METHOD_ALIASES = {"fine-tune": "finetune", "ft": "finetune", "no-kd": "finetune", "tiny-bert": "tinybert"}
+METHOD_ALIASES = {"fine-tune": "finetune", "ft": "finetune", "no-kd": "finetune", "tiny-bert": "tinybert",
+                  "distilbert-cos": "distilbert"}
 # metric of each paper column unless a row's metric_overrides says otherwise (reference README)
 PAPER_METRICS = {
     "CoLA": "mcc", "SST-2": "accuracy", "STS-B": "spearman", "QQP": "accuracy", "MNLI-m": "accuracy",
@@ -117,7 +118,11 @@ def group_records(records: list[dict]) -> dict[RowKey, list[dict]]:
     groups: dict[RowKey, list[dict]] = {}
     seen: dict[tuple, str] = {}
     for record in records:
-        record = dict(record, task=_task(record["task"]).name)
+        try:
+            task = _task(record["task"]).name
+        except CkdError as exc:
+            raise CkdError(f"{record.get('_path')}: {exc}") from exc
+        record = dict(record, task=task)
         key = (record.get("_role", "student"), model_name(record), row_method(record))
         run = key + (record["task"], record["seed"])
         if run in seen:
@@ -145,7 +150,7 @@ def _params(runs: list[dict]) -> float:
 
 def run_value(record: dict, score: str, split: str, metric: str) -> float:
     """A metric of a run as stored in its record (fraction), NaN when absent."""
-    block = (record["metrics"].get(score) or {}).get(split)
+    block = ((record["metrics"] or {}).get(score) or {}).get(split)
     if not isinstance(block, dict):
         return math.nan
     value = lookup_metric(block, metric)
@@ -278,7 +283,8 @@ def paper_delta_table(groups, columns: list[Column], score: str, reference: pd.D
     header = ["Model", "Size", "Method", "Row"] + [c.name for c in shown] + ["Source"]
     rows, records, sources, notes = [], [], [], []
     for (role, student, method), runs in groups.items():
-        is_variant = bool(runs[0].get("method_overrides")) or row_method_base(runs[0]) != method
+        # a variant is named apart from its base; options given to the base method itself don't make one
+        is_variant = row_method_base(runs[0]) != method
         paper = None if is_variant else _paper_row(reference, method, _student_size(runs))
         if paper is None:
             continue

@@ -7,8 +7,10 @@ global backend of the calling process is left alone.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Callable
 
@@ -58,6 +60,11 @@ def _colors(names) -> dict[str, tuple]:
     return {name: palette(i % 10) for i, name in enumerate(sorted(set(names)))}
 
 
+def _title(fig: Figure, text: str) -> None:
+    width = max(40, int(fig.get_figwidth() * 11))
+    fig.suptitle(textwrap.fill(text, width), fontsize=10)
+
+
 def _err(std: float) -> float:
     return std if math.isfinite(std) else 0.0
 
@@ -89,8 +96,11 @@ def plot_ablation(groups, columns: list[Column], score: str, out_dir: Path, log:
             ax.bar(x + (i - (len(keys) - 1) / 2) * width, means, width, yerr=[_err(s) for _, s, _, _ in stats],
                    capsize=2, label=key[2])
         ax.set_xticks(x, [c.name for c in cols])
+        # bars start near the lowest score so that differences of a point or two stay visible
+        lows = [m - _err(s) for k in keys for m, s, n, _ in (cell(groups[k], c, score) for c in cols) if n]
+        ax.set_ylim(bottom=max(0.0, math.floor(min(lows)) - 5))
         ax.set_ylabel(f"dev score x100 ({SCORE_LABEL[score]})")
-        ax.set_title(f"CKD ablation, student {student} (mean ± std over seeds)")
+        _title(fig, f"CKD ablation, student {student} (mean ± std over seeds)")
         ax.legend(fontsize=7)
         written += _save(fig, out_dir, f"ablation_{_slug(student)}")
     if not written:
@@ -107,7 +117,12 @@ def plot_size(groups, columns: list[Column], score: str, out_dir: Path, log: Log
     if len(sizes) < 2:
         log("plots: score vs size skipped: fewer than two student sizes with params in their records")
         return []
-    methods = sorted({k[2] for k in groups if k[0] == "student"})
+    sizes_of: dict[str, set] = {}
+    for key, runs in groups.items():
+        if key[0] == "student":
+            sizes_of.setdefault(key[2], set()).add(model_info(runs[0]).get("params"))
+    # methods run at one size only (typically ablation variants) would be lone dots
+    methods = sorted(m for m, s in sizes_of.items() if len(s - {None}) >= 2)
     colors = _colors(methods)
     fig, axes = _grid(len(columns))
     for ax, c in zip(axes, columns):
@@ -129,7 +144,7 @@ def plot_size(groups, columns: list[Column], score: str, out_dir: Path, log: Log
         ax.set_xlabel("student parameters")
         ax.set_ylabel(f"{c.metric} x100")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Score ({SCORE_LABEL[score]}) vs student size, mean ± std over seeds")
+    _title(fig, f"Score ({SCORE_LABEL[score]}) vs student size, mean ± std over seeds")
     return _save(fig, out_dir, "score_vs_size")
 
 
@@ -184,7 +199,7 @@ def plot_sweeps(groups, columns: list[Column], score: str, out_dir: Path, log: L
             ax.set_xlabel(param)
             ax.set_ylabel(f"{c.metric} x100")
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"{base}: sweep of {param}, student {student} ({SCORE_LABEL[score]}, mean ± std over seeds)")
+        _title(fig, f"{base}: sweep of {param}, student {student} ({SCORE_LABEL[score]}, mean ± std over seeds)")
         written += _save(fig, out_dir, f"sweep_{_slug(student)}_{_slug(base)}_{_slug(param)}")
     if not written:
         log("plots: sweep skipped: no method variants changing one numeric setting to two or more values")
@@ -197,7 +212,7 @@ def plot_sweeps(groups, columns: list[Column], score: str, out_dir: Path, log: L
 def _selection(record: dict) -> tuple[str, str]:
     from ckd.data.tasks import get_task
 
-    selection = record["metrics"].get("selection") or {}
+    selection = (record["metrics"] or {}).get("selection") or {}
     task = get_task(record["task"])
     return selection.get("split") or task.dev_splits[0], selection.get("metric") or task.selection_metric
 
@@ -216,8 +231,15 @@ def _curve(runs: list[dict], value_of) -> tuple[list, list, list]:
 
 def _dev_value(record: dict, entry: dict):
     split, metric = _selection(record)
-    block = entry.get(split) if isinstance(entry.get(split), dict) else entry.get("dev")
-    value = lookup_metric(block, metric) if isinstance(block, dict) else None
+    dev = entry.get("dev") if isinstance(entry.get("dev"), dict) else {}
+    # history entries hold {"dev": {<split>: {<metric>: v}}}; older ones {"dev": {<metric>: v}} or {<split>: {...}}
+    for block in (dev.get(split), entry.get(split), dev):
+        if isinstance(block, dict):
+            value = lookup_metric(block, metric)
+            if value is not None:
+                break
+    else:
+        value = None
     return 100 * value if isinstance(value, (int, float)) else None
 
 
@@ -242,7 +264,7 @@ def plot_curves(groups, out_dir: Path, log: Log) -> list[Path]:
         dev_ax.set(title=f"{task}: dev {metric} x100", xlabel="step")
         loss_ax.set(title=f"{task}: training loss", xlabel="step")
         dev_ax.legend(fontsize=6)
-        fig.suptitle("mean over seeds (n seeds), band = ± std")
+        _title(fig, "mean over seeds (n seeds), band = ± std")
         written += _save(fig, out_dir, f"curves_{_slug(task)}")
     if not written:
         log("plots: training curves skipped: no record has a history")
@@ -262,6 +284,7 @@ def _cost(record: dict, name: str):
 def plot_cost(groups, columns: list[Column], score: str, out_dir: Path, log: Log) -> list[Path]:
     written = []
     colors = _colors(k[2] for k in groups)
+    markers = dict(zip(dict.fromkeys(k[1] for k in groups), itertools.cycle("osD^vP*X")))
     for task in dict.fromkeys(c.task for c in columns):
         column = next(c for c in columns if c.task == task)
         panels = []
@@ -281,13 +304,13 @@ def plot_cost(groups, columns: list[Column], score: str, out_dir: Path, log: Log
         fig, axes = _grid(len(panels), width=4.0)
         for ax, (label, points) in zip(axes, panels):
             for key, x, xe, y, ye in points:
-                ax.errorbar([x], [y], xerr=[xe], yerr=[ye], marker="o", capsize=2, color=colors[key[2]],
+                ax.errorbar([x], [y], xerr=[xe], yerr=[ye], marker=markers[key[1]], capsize=2, color=colors[key[2]],
                             label=_label(key))
             if label == "parameters":
                 ax.set_xscale("log")
             ax.set(xlabel=label, ylabel=f"{column.name} {column.metric} x100")
         axes[0].legend(fontsize=6)
-        fig.suptitle(f"{column.name}: score ({SCORE_LABEL[score]}) vs cost, mean ± std over seeds")
+        _title(fig, f"{column.name}: score ({SCORE_LABEL[score]}) vs cost, mean ± std over seeds")
         written += _save(fig, out_dir, f"cost_{_slug(task)}")
     if not written:
         log("plots: score vs cost skipped: no run has params or timings")

@@ -45,8 +45,9 @@ def validate_record(record: Any, path: Path) -> None:
             "re-run aggregation with the ckd version that wrote it"
         )
     metrics = record["metrics"]
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("final"), dict):
-        raise RecordError(f"{path}: metrics.final must be an object with per-split metric values")
+    # null metrics: the run finished without a dev evaluation; its cells show as missing
+    if metrics is not None and (not isinstance(metrics, dict) or not isinstance(metrics.get("final"), dict)):
+        raise RecordError(f"{path}: metrics must be null or an object whose 'final' holds per-split metric values")
     if not isinstance(record["seed"], int):
         raise RecordError(f"{path}: seed must be an integer, got {record['seed']!r}")
 
@@ -125,7 +126,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         info = model_info(record)
         teacher = record.get("teacher") if record.get("_role") != "teacher" else None
         timing = record.get("timing") or {}
-        metrics = record["metrics"]
+        metrics = record["metrics"] or {}
         row = {
             "path": record.get("_path"),
             "role": record.get("_role", "student"),

@@ -241,8 +241,19 @@ def _regression_draws(pair: SeedPair, metric: str, rng, n_boot: int, chunk: int)
         idx = rng.integers(0, n, size=(size, n))
         offsets = (idx + np.arange(size)[:, None] * n).ravel()
         weights = np.bincount(offsets, minlength=size * n).reshape(size, n)
-        draws[start : start + size] = weighted_regression_metric(y, m, weights, metric) - weighted_regression_metric(y, b, weights, metric)
+        draws[start : start + size] = _regression_diff(y, m, b, weights, metric)
     return observed, draws
+
+
+def _regression_diff(y, m, b, w, metric: str) -> np.ndarray:
+    """metric(y, m) - metric(y, b) per row of w, ranking the labels once for both."""
+    name = canonical_metric(metric)
+    if name == "corr":
+        return (_regression_diff(y, m, b, w, "pearson") + _regression_diff(y, m, b, w, "spearman")) / 2
+    if name == "spearman":
+        ry = _weighted_ranks(y, w)
+        return _weighted_pearson(ry, _weighted_ranks(m, w), w) - _weighted_pearson(ry, _weighted_ranks(b, w), w)
+    return weighted_regression_metric(y, m, w, metric) - weighted_regression_metric(y, b, w, metric)
 
 
 def _weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ def _lengths(mask):
 
 def _unit(v):
     norm = torch.linalg.vector_norm(v)
-    return v / norm if float(norm) > 0 else torch.zeros_like(v)
+    return v / norm if float(norm.detach()) > 0 else torch.zeros_like(v)
 
 
 def _cos(a, b):

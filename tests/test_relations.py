@@ -1,0 +1,271 @@
+"""ckd.losses.relations against slow loop references (tests/relations_reference.py) and the
+invariants of METHODS.md ("CKD relation losses")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ckd.losses.relations import RELATION_LOSSES, ltr_pair, ltr_triple, wr_pair, wr_triple
+from tests.relations_reference import ref_ltr_pair, ref_ltr_triple, ref_wr_pair, ref_wr_triple
+
+TOL = 1e-9  # float64 fast vs reference, absolute and relative (asked: 1e-6)
+
+
+def make_batch(lengths, n, K, d_t=12, d_s=8, *, seed=0, dtype=torch.float64, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(lengths), n, dtype=torch.long)
+    for b, length in enumerate(lengths):
+        mask[b, :length] = 1
+    # a common offset and uneven scales, like real hidden states
+    teacher = [(torch.randn(len(lengths), n, d_t, generator=g) * 2 + 1).to(dtype) for _ in range(K)]
+    student = [(torch.randn(len(lengths), n, d_s, generator=g) * 0.5 - 0.3).to(dtype) for _ in range(K)]
+    if requires_grad:
+        student = [s.requires_grad_() for s in student]
+    return teacher, student, mask
+
+
+# (name, fast function, reference, keyword arguments) for one window size
+def variants(window):
+    return [
+        ("wr_pair", wr_pair, ref_wr_pair, {}),
+        ("ltr_pair", ltr_pair, ref_ltr_pair, {}),
+        ("ltr_triple", ltr_triple, ref_ltr_triple, {}),
+        (f"wr_triple_w{window}", wr_triple, ref_wr_triple, {"window": window}),
+        (f"wr_triple_w{window}_released", wr_triple, ref_wr_triple, {"window": window, "released_window_quirks": True}),
+        ("wr_triple_full", wr_triple, ref_wr_triple, {"window": None}),
+    ]
+
+
+ALL_LOSSES = [v[:2] + (v[3],) for v in variants(5)]  # (name, fast, kwargs)
+
+# K = 3..5 layers, windows 3, 5 and 21 (> n), varied lengths including a length-1 sentence
+CASES = [
+    dict(lengths=[16, 9, 1, 5], n=16, K=3, window=3, seed=1),
+    dict(lengths=[7, 16, 12, 1], n=16, K=4, window=5, seed=2),
+    dict(lengths=[1, 16, 3, 10], n=16, K=5, window=21, seed=3),
+]
+NAMES = ["wr_pair", "ltr_pair", "ltr_triple", "wr_window", "wr_window_released", "wr_full"]
+GRADIENT_CASES = [(which, None) for which in range(6)] + [(which, 2) for which in (3, 4, 5)]
+
+
+def assert_close(fast, ref, tol=TOL):
+    fast, ref = float(fast), float(ref)
+    assert math.isfinite(fast)
+    assert abs(fast - ref) <= tol, (fast, ref)
+    assert abs(fast - ref) <= tol * abs(ref), (fast, ref)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"K{c['K']}-w{c['window']}")
+@pytest.mark.parametrize("which", range(6), ids=NAMES)
+def test_fast_matches_loop_reference(case, which):
+    name, fast, ref, kwargs = variants(case["window"])[which]
+    teacher, student, mask = make_batch(case["lengths"], case["n"], case["K"], seed=case["seed"])
+    value = fast(teacher, student, mask, **kwargs)
+    assert value.dtype == torch.float64 and value.dim() == 0
+    with torch.no_grad():
+        expected = ref(teacher, student, mask, **kwargs)
+    assert expected > 0
+    assert_close(value, expected)
+
+
+@pytest.mark.parametrize("which", range(6), ids=NAMES)
+def test_reference_match_with_coincident_points_and_empty_sentence(which):
+    name, fast, ref, kwargs = variants(5)[which]
+    teacher, student, mask = make_batch([9, 0, 4, 1], 10, 3, seed=4)
+    for states in (teacher, student):
+        for h in states:
+            h[0, 3] = h[0, 2]  # the same vector at two positions
+            h[2, 1] = h[2, 0]
+    student[1][0, 5] = student[1][0, 4]  # a coincidence in the student only
+    teacher[2][:, 6] = teacher[1][:, 6]  # and two layers that agree on a token (LTR)
+    value = fast(teacher, student, mask, **kwargs)
+    with torch.no_grad():
+        expected = ref(teacher, student, mask, **kwargs)
+    assert_close(value, expected)
+
+
+@pytest.mark.parametrize("which,chunk_size", GRADIENT_CASES, ids=[f"{NAMES[w]}-chunk{c}" for w, c in GRADIENT_CASES])
+def test_gradients_match_loop_reference(which, chunk_size):
+    name, fast, ref, kwargs = variants(3)[which]
+    if chunk_size is not None:
+        kwargs = {**kwargs, "chunk_size": chunk_size}  # several blocks, recomputed in backward
+    teacher, student, mask = make_batch([6, 4], 6, 3, d_t=5, d_s=4, seed=5, requires_grad=True)
+    grads = torch.autograd.grad(fast(teacher, student, mask, **kwargs), student)
+    ref_kwargs = {k: v for k, v in kwargs.items() if k != "chunk_size"}
+    expected = torch.autograd.grad(ref(teacher, student, mask, **ref_kwargs), student)
+    for g, e in zip(grads, expected):
+        assert e.abs().max() > 0
+        torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,fast,kwargs", ALL_LOSSES, ids=[v[0] for v in ALL_LOSSES])
+def test_identical_teacher_and_student_give_zero(name, fast, kwargs, dtype):
+    _, states, mask = make_batch([12, 7, 1, 0], 12, 4, seed=6, dtype=dtype, requires_grad=True)
+    loss = fast(states, states, mask, **kwargs)
+    assert abs(float(loss)) <= 1e-12
+    grads = torch.autograd.grad(loss, states)
+    assert all(g.abs().max() <= 1e-9 for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name,fast,kwargs", ALL_LOSSES, ids=[v[0] for v in ALL_LOSSES])
+def test_finite_with_heavy_padding_empty_sentences_and_coincident_points(name, fast, kwargs, dtype):
+    teacher, student, mask = make_batch([0, 1, 2, 3, 12], 12, 4, seed=7, dtype=dtype)
+    for states in (teacher, student):
+        for h in states:
+            h[4, 5:9] = h[4, 4]  # a run of identical token vectors
+            h[3, 1] = h[3, 0]
+        states[2][4, 10] = states[1][4, 10]  # coincident layer vectors
+    student[0][4, 11] = 0.0
+    student = [s.requires_grad_() for s in student]
+    loss = fast(teacher, student, mask, **kwargs)
+    assert loss.dtype == torch.float32  # half precision is upcast
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    for s in student:
+        assert torch.isfinite(s.grad).all()
+        assert (s.grad[0] == 0).all()  # the fully padded sentence gets no gradient
+
+
+@pytest.mark.parametrize("name,fast,kwargs", ALL_LOSSES, ids=[v[0] for v in ALL_LOSSES])
+def test_all_padding_batch_is_zero_with_zero_gradient(name, fast, kwargs):
+    teacher, student, mask = make_batch([0, 0], 5, 3, seed=8, requires_grad=True)
+    loss = fast(teacher, student, mask, **kwargs)
+    assert float(loss) == 0.0
+    loss.backward()
+    assert all((s.grad == 0).all() for s in student)
+
+
+@pytest.mark.parametrize("name,fast,kwargs", ALL_LOSSES, ids=[v[0] for v in ALL_LOSSES])
+def test_padded_values_do_not_matter_in_described_behaviour(name, fast, kwargs):
+    teacher, student, mask = make_batch([10, 4, 1, 7], 10, 3, seed=9)
+    before = fast(teacher, student, mask, **kwargs)
+    pad = (mask == 0).unsqueeze(-1)
+    g = torch.Generator().manual_seed(10)
+    teacher = [torch.where(pad, 1e3 * torch.randn(h.shape, generator=g, dtype=h.dtype), h) for h in teacher]
+    student = [torch.where(pad, 1e3 * torch.randn(h.shape, generator=g, dtype=h.dtype), h) for h in student]
+    after = fast(teacher, student, mask, **kwargs)
+    if kwargs.get("released_window_quirks"):
+        assert abs(float(after) - float(before)) > 1e-6  # released: padding neighbours are counted
+        return
+    assert float(after) == pytest.approx(float(before), rel=1e-12, abs=0)
+    # even NaN/inf in padding cannot leak into the loss or the gradient
+    student = [torch.where(pad, torch.nan, h).requires_grad_() for h in student]
+    teacher = [torch.where(pad, torch.inf, h) for h in teacher]
+    loss = fast(teacher, student, mask, **kwargs)
+    assert float(loss) == pytest.approx(float(before), rel=1e-12, abs=0)
+    loss.backward()
+    assert all(torch.isfinite(s.grad).all() for s in student)
+
+
+@pytest.mark.parametrize("name,fast,kwargs", ALL_LOSSES, ids=[v[0] for v in ALL_LOSSES])
+def test_permuting_sentences_does_not_change_the_loss(name, fast, kwargs):
+    teacher, student, mask = make_batch([10, 4, 1, 7, 0, 9], 10, 3, seed=11)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    value = fast(teacher, student, mask, **kwargs)
+    permuted = fast([t[perm] for t in teacher], [s[perm] for s in student], mask[perm], **kwargs)
+    assert float(permuted) == pytest.approx(float(value), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("name,fast,kwargs", ALL_LOSSES, ids=[v[0] for v in ALL_LOSSES])
+def test_teacher_gets_no_gradient(name, fast, kwargs):
+    teacher, student, mask = make_batch([8, 5], 8, 3, seed=12, requires_grad=True)
+    teacher = [t.requires_grad_() for t in teacher]
+    loss = fast(teacher, student, mask, **kwargs)
+    loss.backward()
+    assert all(t.grad is None for t in teacher)
+    assert all(s.grad is not None and s.grad.abs().max() > 0 for s in student)
+
+
+@pytest.mark.parametrize("name,fast,kwargs", ALL_LOSSES, ids=[v[0] for v in ALL_LOSSES])
+def test_mask_dtype_and_layer_container_do_not_matter(name, fast, kwargs):
+    teacher, student, mask = make_batch([8, 5, 2], 8, 3, seed=13)
+    value = float(fast(teacher, student, mask, **kwargs))
+    for m in (mask.bool(), mask.float(), mask.double()):
+        assert float(fast(teacher, student, m, **kwargs)) == value
+    assert float(fast(tuple(teacher), torch.stack(student), mask, **kwargs)) == value
+
+
+def test_half_precision_is_computed_in_float32():
+    teacher, student, mask = make_batch([8, 5, 2], 8, 3, seed=14, dtype=torch.bfloat16)
+    for name, fast, kwargs in ALL_LOSSES:
+        low = fast(teacher, student, mask, **kwargs)
+        upcast = fast([t.float() for t in teacher], [s.float() for s in student], mask, **kwargs)
+        assert low.dtype == torch.float32 and float(low) == float(upcast), name
+
+
+@pytest.mark.parametrize("kwargs", [{"window": 5}, {"window": 5, "released_window_quirks": True}, {"window": None}])
+def test_blocks_of_centres_do_not_change_value_or_gradient(kwargs):
+    teacher, student, mask = make_batch([16, 9, 1, 5], 16, 3, seed=15, requires_grad=True)
+    reference = None
+    for chunk_size in (None, 1, 3, 16, 100):
+        loss = wr_triple(teacher, student, mask, chunk_size=chunk_size, **kwargs)
+        grads = torch.autograd.grad(loss, student)
+        if reference is None:
+            reference = (loss, grads)
+            continue
+        assert float(loss) == pytest.approx(float(reference[0]), rel=1e-12, abs=0)
+        for g, r in zip(grads, reference[1]):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_a_window_covering_every_sentence_equals_the_full_triple():
+    # Two independent code paths (window gathers vs full matrix products) sum the same terms.
+    lengths, n = [12, 7, 1, 4], 12
+    teacher, student, mask = make_batch(lengths, n, 4, seed=16)
+    w = 2 * n + 1
+    windowed = wr_triple(teacher, student, mask, window=w) * sum(lengths) * w**2
+    full = wr_triple(teacher, student, mask, window=None) * sum(x**3 for x in lengths)
+    assert float(windowed) == pytest.approx(float(full), rel=1e-12)
+
+
+def test_float32_agrees_with_float64():
+    teacher, student, mask = make_batch([16, 9, 1, 5], 16, 4, seed=17)
+    for name, fast, kwargs in ALL_LOSSES:
+        exact = float(fast(teacher, student, mask, **kwargs))
+        single = float(fast([t.float() for t in teacher], [s.float() for s in student], mask, **kwargs))
+        assert single == pytest.approx(exact, rel=1e-4), name
+
+
+def test_registry_names_the_four_losses():
+    assert RELATION_LOSSES == {"wr_pair": wr_pair, "wr_triple": wr_triple, "ltr_pair": ltr_pair, "ltr_triple": ltr_triple}
+
+
+@pytest.mark.parametrize("window", [0, -1, 2, 20, 5.0, True, "21"])
+def test_invalid_window_is_rejected(window):
+    teacher, student, mask = make_batch([4], 4, 2)
+    with pytest.raises(ValueError, match="window"):
+        wr_triple(teacher, student, mask, window=window)
+
+
+def test_invalid_options_are_rejected():
+    teacher, student, mask = make_batch([4, 2], 4, 2)
+    with pytest.raises(TypeError):
+        wr_triple(teacher, student, mask, windw=5)  # a typo is not silently ignored
+    for fast in (wr_pair, ltr_pair, ltr_triple):
+        with pytest.raises(TypeError):
+            fast(teacher, student, mask, window=5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        wr_triple(teacher, student, mask, chunk_size=0)
+    with pytest.raises(ValueError, match="released_window_quirks"):
+        wr_triple(teacher, student, mask, released_window_quirks="yes")
+
+
+def test_invalid_inputs_are_rejected():
+    teacher, student, mask = make_batch([4, 2], 4, 3)
+    with pytest.raises(ValueError, match="number of mapped"):
+        wr_pair(teacher[:2], student, mask)
+    with pytest.raises(ValueError, match="number of mapped"):
+        wr_pair([], [], mask)
+    with pytest.raises(ValueError, match="student_states\\[1\\]"):
+        wr_pair(teacher, [student[0], student[1][:, :3], student[2]], mask)
+    with pytest.raises(ValueError, match="attention_mask"):
+        wr_pair(teacher, student, mask[:, :3])
+    with pytest.raises(ValueError, match="list of"):
+        wr_pair(teacher[0], student[0], mask)  # a single (B, n, d) tensor, not a list of layers
+    with pytest.raises(TypeError, match="floating point"):
+        wr_pair([t.long() for t in teacher], student, mask)

@@ -1,0 +1,131 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from ckd.data.loading import data_fingerprint, load_split
+from ckd.data.synthetic import (SPECIAL_TOKENS, generate_split, synthetic_tokenizer, synthetic_vocab,
+                                synthetic_words)
+from ckd.data.tasks import get_task
+from ckd.errors import DataError
+
+CLASSIFICATION = ["syn-sentiment", "syn-pair"]
+
+
+@pytest.mark.parametrize("task", ["syn-sentiment", "syn-pair", "syn-similarity"])
+def test_same_seed_same_bytes_other_seed_other_data(task):
+    a = load_split(task, "train", source="synthetic", synthetic_sizes={"train": 300})
+    b = load_split(task, "train", source="synthetic", synthetic_sizes={"train": 300})
+    c = load_split(task, "train", source="synthetic", synthetic_sizes={"train": 300}, synthetic_seed=1)
+    assert a == b and data_fingerprint(a) == data_fingerprint(b)
+    assert data_fingerprint(a) != data_fingerprint(c)
+    assert len(a) == 300 and a[0].guid == "train-0"
+
+
+def test_generation_ignores_global_rng_and_other_split_sizes():
+    import random
+
+    random.seed(123)
+    np.random.seed(123)
+    first = generate_split("syn-pair", "dev", size=50)
+    random.seed(999)
+    assert generate_split("syn-pair", "dev", size=50) == first
+    # a smaller split is a prefix of a larger one; dev does not depend on train's size
+    assert generate_split("syn-pair", "dev", size=80)[:50] == first
+    assert generate_split("syn-pair", "train", size=10) == generate_split("syn-pair", "train", size=40)[:10]
+
+
+def test_default_sizes_and_label_shapes():
+    for task in ("syn-sentiment", "syn-pair", "syn-similarity"):
+        spec = get_task(task)
+        train = load_split(task, "train", source="synthetic")
+        dev = load_split(task, "dev", source="synthetic")
+        assert (len(train), len(dev)) == (2000, 500)
+        for ex in dev:
+            assert (ex.text_b is not None) == spec.is_pair
+            n_words = len(ex.text_a.split())
+            assert 6 <= n_words <= 24
+            if spec.is_regression:
+                assert isinstance(ex.label, float) and 0.0 <= ex.label <= 5.0
+            else:
+                assert ex.label in range(spec.num_labels)
+        if not spec.is_regression:  # roughly balanced classes
+            counts = Counter(ex.label for ex in dev)
+            assert min(counts.values()) > 0.8 * len(dev) / spec.num_labels
+
+
+def test_label_noise_only_on_train():
+    clean = generate_split("syn-sentiment", "train", size=1000, label_noise=0.0)
+    noisy = generate_split("syn-sentiment", "train", size=1000, label_noise=0.15)
+    assert [ex.text_a for ex in clean][:1] == [noisy[0].text_a]
+    dev_a = generate_split("syn-sentiment", "dev", size=200, label_noise=0.0)
+    dev_b = generate_split("syn-sentiment", "dev", size=200, label_noise=0.5)
+    assert dev_a == dev_b  # dev is always clean
+    with pytest.raises(DataError, match="label noise"):
+        generate_split("syn-sentiment", "train", size=10, label_noise=1.5)
+
+
+def _bag_of_words(examples, binary=False):
+    # the pair is one bag; binary presence lets a linear model see how much the two texts overlap
+    return [f"{ex.text_a} {ex.text_b or ''}" for ex in examples], CountVectorizer(binary=binary)
+
+
+@pytest.mark.parametrize("task, min_accuracy", [("syn-sentiment", 0.65), ("syn-pair", 0.42)])
+def test_bag_of_words_beats_chance(task, min_accuracy):
+    train = load_split(task, "train", source="synthetic")
+    dev = load_split(task, "dev", source="synthetic")
+    texts, vectorizer = _bag_of_words(train, binary=True)
+    model = LogisticRegression(max_iter=1000).fit(vectorizer.fit_transform(texts), [ex.label for ex in train])
+    dev_texts, _ = _bag_of_words(dev)
+    accuracy = np.mean(model.predict(vectorizer.transform(dev_texts)) == [ex.label for ex in dev])
+    chance = 1 / get_task(task).num_labels
+    assert accuracy >= min_accuracy > chance + 0.08
+
+
+def test_bag_of_words_predicts_similarity():
+    train = load_split("syn-similarity", "train", source="synthetic")
+    dev = load_split("syn-similarity", "dev", source="synthetic")
+    texts, vectorizer = _bag_of_words(train, binary=True)
+    model = Ridge(alpha=1.0).fit(vectorizer.fit_transform(texts), [ex.label for ex in train])
+    dev_texts, _ = _bag_of_words(dev)
+    r = pearsonr(model.predict(vectorizer.transform(dev_texts)), [ex.label for ex in dev])[0]
+    assert r > 0.5
+
+
+def test_vocab_resource_matches_word_classes():
+    words = [w for group in synthetic_words().values() for w in group]
+    assert len(words) == len(set(words)), "word classes must be disjoint"
+    vocab = synthetic_vocab()
+    assert tuple(vocab[:5]) == SPECIAL_TOKENS
+    assert vocab[5:] == sorted(words)
+
+
+def test_tokenizer_covers_generated_text_and_round_trips(tmp_path):
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    tokenizer = synthetic_tokenizer()
+    assert isinstance(tokenizer, BertTokenizerFast)
+    assert tokenizer.pad_token_id == 0 and tokenizer.convert_ids_to_tokens([1, 2, 3, 4]) == list(SPECIAL_TOKENS[1:])
+    assert len(tokenizer) == len(synthetic_vocab())
+    texts = [t for task in ("syn-sentiment", "syn-pair", "syn-similarity")
+             for ex in generate_split(task, "dev", size=100) for t in (ex.text_a, ex.text_b) if t]
+    ids = tokenizer(texts)["input_ids"]
+    assert all(tokenizer.unk_token_id not in row for row in ids)
+    assert tokenizer("The PLOT was Good.")["input_ids"] == tokenizer("the plot was good .")["input_ids"]
+
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded.get_vocab() == tokenizer.get_vocab()
+    assert reloaded(texts[:20], texts[20:40])["input_ids"] == tokenizer(texts[:20], texts[20:40])["input_ids"]
+
+
+def test_bad_synthetic_requests():
+    with pytest.raises(DataError, match="no split 'dev_matched'"):
+        load_split("syn-pair", "dev_matched", source="synthetic")
+    with pytest.raises(DataError, match="positive integer"):
+        load_split("syn-pair", "dev", source="synthetic", synthetic_sizes={"dev": 0})
+    with pytest.raises(DataError, match="GLUE task"):
+        load_split("rte", "dev", source="synthetic")
