@@ -200,9 +200,45 @@ def _student_size(runs: list[dict]) -> str:
     return model_name(runs[0])
 
 
-def _changes(runs: list[dict]) -> str:
-    overrides = runs[0].get("method_overrides") or {}
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) or "(none)"
+def flatten_options(options: dict, prefix: str = "") -> dict:
+    """{"weights": {"wr_pair": 10}} -> {"weights.wr_pair": 10}."""
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            flat.update(flatten_options(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def method_changes(runs: list[dict], base_runs: list[dict]) -> tuple[dict, list[str], list[str]]:
+    """(changed settings, dropped terms, added terms) of a variant against its base method.
+
+    Settings are the run's method_overrides plus any setting of the resolved method (`method_resolved`,
+    when the record has it) that differs from the base run's on the same task.
+    """
+    changed = flatten_options(runs[0].get("method_overrides") or {})
+    by_task = {r["task"]: r for r in base_runs}
+    pair = next(((r, by_task[r["task"]]) for r in runs if r["task"] in by_task), None)
+    if pair is None:
+        return changed, [], []
+    mine, base = (r.get("method_resolved") or {} for r in pair)
+    base_settings = base.get("settings") or {}
+    for key, value in (mine.get("settings") or {}).items():
+        if key not in changed and key in base_settings and base_settings[key] != value:
+            changed[key] = value
+    if not (mine.get("terms") and base.get("terms")):
+        return changed, [], []
+    mine_terms = {t["name"] for t in mine["terms"]}
+    base_terms = {t["name"] for t in base["terms"]}
+    return changed, sorted(base_terms - mine_terms), sorted(mine_terms - base_terms)
+
+
+def _changes(runs: list[dict], base_runs: list[dict]) -> str:
+    changed, dropped, added = method_changes(runs, base_runs)
+    parts = [", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(changed.items()))]
+    parts += [f"drops {', '.join(dropped)}" if dropped else "", f"adds {', '.join(added)}" if added else ""]
+    return "; ".join(p for p in parts if p) or "(no recorded difference)"
 
 
 # ---------------------------------------------------------------- main table
@@ -282,7 +318,7 @@ def paper_delta_table(groups, columns: list[Column], score: str, reference: pd.D
     shown = [c for c in columns if c.name in reference.columns]
     header = ["Model", "Size", "Method", "Row"] + [c.name for c in shown] + ["Source"]
     rows, records, sources, notes = [], [], [], []
-    for (role, student, method), runs in groups.items():
+    for (role, student, method), runs in groups.items() if shown else ():
         # a variant is named apart from its base; options given to the base method itself don't make one
         is_variant = row_method_base(runs[0]) != method
         paper = None if is_variant else _paper_row(reference, method, _student_size(runs))
@@ -323,7 +359,9 @@ def paper_delta_table(groups, columns: list[Column], score: str, reference: pd.D
         f"{MISSING} = not run here or not reported in the source.",
     ]
     notes = notes + [f"[{i + 1}] {s}" for i, s in enumerate(sources)]
-    if not rows:
+    if not shown:
+        notes.insert(0, "No column of this study has published numbers (e.g. synthetic tasks only).")
+    elif not rows:
         notes.insert(0, "No row of this study maps to a published row (ckd, kd, pkd, tinybert, minilm, distilbert, finetune, teacher).")
     return Table("paper_delta", f"Ours vs published, study {study}", caption, header, rows, pd.DataFrame(records), notes,
                  label_columns=4)
@@ -359,10 +397,10 @@ def ablation_table(groups, columns: list[Column], score: str, study: str) -> Tab
                 cells.append(text + (f" (Δ {fmt_num(delta, signed=True)})" if math.isfinite(delta) else ""))
                 records.append({
                     "score": score, "student": student, "method": key[2], "method_base": row_method_base(runs[0]),
-                    "changes": _changes(runs), "column": c.name, "mean": mean, "std": std, "n": n,
+                    "changes": _changes(runs, full), "column": c.name, "mean": mean, "std": std, "n": n,
                     "ckd_mean": fm, "delta_vs_ckd": delta,
                 })
-            rows.append([student, key[2], _changes(runs)] + cells)
+            rows.append([student, key[2], _changes(runs, full)] + cells)
     caption = [
         f"Score: {score} = {SCORES[score]}.",
         "CKD variants (method_base ckd or named ckd-*) vs the full ckd objective, same student: "
@@ -467,7 +505,8 @@ def significance_table(groups, columns: list[Column], score: str, baseline: str,
             f"{baseline}") if alternative == "greater" else "two-sided: p = 2·min(share Δ ≤ 0, share Δ ≥ 0)"
     caption = [
         f"Score: {score} = {SCORES[score]}. Method vs {baseline}, same student, runs paired by seed.",
-        f"Paired bootstrap over dev examples pooled across seeds (B={n_boot} draws, base seed {seed}): each draw "
+        f"Paired bootstrap over dev examples pooled across seeds (B={n_boot} draws; each cell seeded from --seed "
+        f"{seed} and the cell's name, so cells do not depend on each other): each draw "
         f"resamples every seed's dev examples with replacement, scores method and {baseline} on the same "
         "examples with the column's metric, and averages the difference over the seeds both have.",
         f"Cell: Δ (method − {baseline}, x100, all examples) [95% percentile interval of the bootstrap Δ] "
@@ -521,7 +560,7 @@ def read_expected(path: str | Path) -> set[tuple]:
     return expected
 
 
-def missing_runs(study_dir: Path, records: list[dict], expected: set[tuple] | None) -> Table:
+def missing_runs(study_dir: Path, records: list[dict], expected: set[tuple] | None, study: str | None = None) -> Table:
     present, started = {}, set()
     for record in records:
         ident = _layout_identity(Path(record["_path"]).parent, study_dir)
@@ -561,7 +600,7 @@ def missing_runs(study_dir: Path, records: list[dict], expected: set[tuple] | No
         if extra:
             notes.append(f"{len(extra)} finished run(s) not in the expected list: "
                          + "; ".join(f"{t}/{s}/{m}/seed{seed}" for t, s, m, seed in extra))
-    return Table("missing", f"Missing and failed runs, study {study_dir.name}", caption, header, rows, frame, notes,
+    return Table("missing", f"Missing and failed runs, study {study or study_dir.name}", caption, header, rows, frame, notes,
                  label_columns=5)
 
 
@@ -664,7 +703,7 @@ def aggregate_study(
     written = []
     for table in tables:
         written += write_table(table, out_dir)
-    written += write_table(missing_runs(study_dir, records, expected_runs), out_dir, ("md", "csv"))
+    written += write_table(missing_runs(study_dir, records, expected_runs, study), out_dir, ("md", "csv"))
     runs = records_frame(records)
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     written.append(out_dir / "runs.csv")

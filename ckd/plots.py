@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ckd.aggregate import Column, cell, group_records, is_ckd_variant, study_columns
+from ckd.aggregate import Column, cell, flatten_options, group_records, is_ckd_variant, method_changes, study_columns
 from ckd.atomic import atomic_write_bytes
 from ckd.errors import CkdError
 from ckd.records import load_records, model_info, row_method_base
@@ -151,45 +151,52 @@ def plot_size(groups, columns: list[Column], score: str, out_dir: Path, log: Log
 # ---------------------------------------------------------------- loss-weight sweeps
 
 
-def _flatten(overrides: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _sweep_value(runs: list[dict]) -> tuple[str, float] | None:
-    flat = _flatten(runs[0].get("method_overrides") or {})
-    if len(flat) != 1:
+def _sweep_value(runs: list[dict], base_runs: list[dict]) -> tuple[str, float] | None:
+    changed, dropped, added = method_changes(runs, base_runs)
+    if len(changed) != 1 or dropped or added:
         return None
-    (key, value), = flat.items()
+    (key, value), = changed.items()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return key, float(value)
 
 
+def _base_value(base_runs: list[dict], param: str) -> float | None:
+    """The base method's own value of a swept setting, when its record resolves it."""
+    for record in base_runs:
+        value = flatten_options((record.get("method_resolved") or {}).get("settings") or {}).get(param)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
 def plot_sweeps(groups, columns: list[Column], score: str, out_dir: Path, log: Log) -> list[Path]:
     sweeps: dict[tuple, list] = {}
     for key, runs in groups.items():
-        found = _sweep_value(runs) if key[0] == "student" else None
+        base = row_method_base(runs[0])
+        if key[0] != "student" or base == key[2]:
+            continue
+        found = _sweep_value(runs, groups.get(("student", key[1], base), []))
         if found:
-            sweeps.setdefault((key[1], row_method_base(runs[0]), found[0]), []).append((found[1], key))
+            sweeps.setdefault((key[1], base, found[0]), []).append((found[1], key))
     written = []
     for (student, base, param), variants in sorted(sweeps.items()):
+        default = groups.get(("student", student, base), [])
+        default_x = _base_value(default, param)
+        if default_x is not None:
+            variants = variants + [(default_x, ("student", student, base))]
         if len({x for x, _ in variants}) < 2:
             continue
         cols = [c for c in columns if any(cell(groups[k], c, score)[2] for _, k in variants)]
         fig, axes = _grid(len(cols))
-        default = groups.get(("student", student, base))
         for ax, c in zip(axes, cols):
             points = sorted((x, *cell(groups[k], c, score)[:3]) for x, k in variants)
             points = [(x, m, _err(s)) for x, m, s, n in points if n]
             xs, ys, es = zip(*points)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=2, label=f"{base} with {param}=x")
-            if default:
+            if default_x is not None:
+                ax.axvline(default_x, linestyle=":", color="grey", label=f"{base} default ({default_x:g})")
+            elif default:
                 mean, std, n, _ = cell(default, c, score)
                 if n:
                     ax.axhline(mean, linestyle="--", color="grey", label=f"{base} (default)")

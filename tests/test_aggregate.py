@@ -193,3 +193,17 @@ def test_record_without_dev_metrics_is_a_missing_cell(tmp_path: Path):
     main_csv = pd.read_csv(root / "tables" / "main.csv")
     assert _row(main_csv, "3L-384", "ckd")["RTE_n"] == 0
     assert "no predictions: ckd seed 1" in (root / "tables" / "significance.md").read_text()
+
+
+def test_ablation_changes_from_resolved_methods(tmp_path: Path):
+    root = tmp_path / "s"
+    terms = [{"name": n, "weight": 1.0} for n in ("kd", "wr_pair", "wr_triple", "ltr_pair", "ltr_triple")]
+    full = {"name": "ckd", "base": "ckd", "terms": terms, "settings": {"window": 21, "alpha": 0.5}}
+    wr = {"name": "ckd-wr", "base": "ckd", "terms": terms[:3], "settings": {"window": 21, "alpha": 0.5}}
+    w5 = {"name": "ckd-w5", "base": "ckd", "terms": terms, "settings": {"window": 5, "alpha": 0.5}}
+    write_run(root, "rte", "3L-384", "ckd", 1, {"dev": {"accuracy": 0.6}}, resolved=full)
+    write_run(root, "rte", "3L-384", "ckd-wr", 1, {"dev": {"accuracy": 0.6}}, method_base="ckd", resolved=wr)
+    write_run(root, "rte", "3L-384", "ckd-w5", 1, {"dev": {"accuracy": 0.6}}, method_base="ckd", resolved=w5)
+    aggregate_study(root, n_boot=20)
+    changes = dict(pd.read_csv(root / "tables" / "ablation.csv")[["method", "changes"]].values.tolist())
+    assert changes == {"ckd-w5": "window=5", "ckd-wr": "drops ltr_pair, ltr_triple"}

@@ -1,22 +1,24 @@
 """Deterministic GLUE-shaped synthetic tasks and their small WordPiece tokenizer.
 
-They let the whole pipeline run offline on CPU in minutes, and they are built so that a tiny
-transformer trained from random initialisation learns them well above chance, while shallow
-bag-of-words cues alone get only part of the way, so a deeper teacher has something to teach:
+They let the whole pipeline run offline on CPU in minutes. A tiny transformer trained from random
+initialisation has to learn them from 2000 noisy examples in a few hundred steps, so the label
+depends on word classes pooled per sentence and on local word order (which such a model learns
+quickly), not on matching particular tokens across the two texts (which it does not). Shallow
+bag-of-words cues get part of the way; the full rule needs a non-linear combination:
 
-* `syn-sentiment` (single sentence, negative/positive): 1-3 review clauses such as
-  "the plot was not very good"; strong words count 2, mild words 1, an intensifier adds 1, and a
-  negator ("not", "never", "hardly") flips the sign of the next sentiment word. Clauses with
-  neutral adjectives (also sometimes negated) and fillers are distractors. The label is the sign
-  of the sum.
-* `syn-pair` (sentence pair, MNLI-shaped: entailment/neutral/contradiction): the premise states
-  2-3 facts "<name> [never] <verb> the [colour] <object> [in the <place>]". The hypothesis states
-  one fact: entailment if the premise states it with the same polarity, contradiction if with the
-  opposite polarity, neutral if the premise does not state it (new object, new name, other verb,
-  or the name of one fact bound to the object of another).
-* `syn-similarity` (pair regression, 0..5): two sentences built from five content slots (name,
-  verb, object, colour, place, in varying word order); the score is the weighted share of slots
-  they have in common (weights 1.25, 1.0, 1.25, 0.75, 0.75).
+* `syn-sentiment` (single sentence, negative/positive): 1-2 review clauses such as
+  "the plot was not very good", plus distractor clauses with neutral adjectives. Strong words count
+  2, mild words 1, an intensifier adds 1, and a negator ("not", "never", "hardly") flips the sign
+  of the sentiment word it precedes. The label is the sign of the sum.
+* `syn-pair` (sentence pair, MNLI-shaped: entailment/neutral/contradiction): the premise says that
+  someone [never] <verb> 1-3 items ("alice bought the bread and the green harp"); the hypothesis
+  says they <verb> some <topic> / never <verb> any <topic> ("alice bought some food"). Neutral when
+  the topic is not among the premise items' topics; otherwise entailment when both sentences have
+  the same polarity and contradiction when they differ (an XOR of the two negations). As in real
+  NLI data, neutral hypotheses more often start with a hedge ("maybe"), a shallow cue.
+* `syn-similarity` (pair regression, 0..5): each sentence lists 4 items from 4 different topics
+  (8 topics); the score is 1.25 x the number of topics the two share. A shared topic reuses the
+  same item half of the time, so word overlap is a (weaker) cue too.
 
 Label noise: on the TRAIN split only, a fraction `label_noise` (default 0.15) of the rows gets a
 wrong label (another class drawn uniformly; for similarity a score drawn uniformly in 0..5). Dev
@@ -45,14 +47,23 @@ DEFAULT_SIZES = {"train": 2000, "dev": 500}
 DEFAULT_LABEL_NOISE = 0.15
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MIN_WORDS, MAX_WORDS = 8, 24
-SIMILARITY_WEIGHTS = {"name": 1.25, "verb": 1.0, "object": 1.25, "colour": 0.75, "place": 0.75}
 
 
 @lru_cache(maxsize=1)
-def synthetic_words() -> dict[str, tuple[str, ...]]:
-    """The word classes shipped in `ckd/data/resources/synthetic_words.json`."""
+def synthetic_words() -> dict:
+    """The word classes in `ckd/data/resources/synthetic_words.json`: class -> words, and
+    "topics" -> {topic name: item words}."""
     text = resources.files("ckd.data").joinpath("resources/synthetic_words.json").read_text("utf-8")
-    return {k: tuple(v) for k, v in json.loads(text).items() if not k.startswith("_")}
+    words = {k: tuple(v) for k, v in json.loads(text).items() if not k.startswith("_") and k != "topics"}
+    words["topics"] = {k: tuple(v) for k, v in json.loads(text)["topics"].items()}
+    return words
+
+
+def synthetic_word_list() -> list[str]:
+    """Every word of every class, topic names included."""
+    words = synthetic_words()
+    flat = [word for key, group in words.items() if key != "topics" for word in group]
+    return flat + [word for topic, items in words["topics"].items() for word in (topic, *items)]
 
 
 def synthetic_vocab() -> list[str]:
@@ -135,11 +146,11 @@ def _sentiment(rng: random.Random, w) -> tuple[str, None, int]:
 def _sentiment_candidate(rng, w) -> tuple[list[str], int]:
     clauses = []
     score = 0
-    for _ in range(rng.randint(1, 3)):
+    for _ in range(rng.randint(1, 2)):
         clause, value = _review_clause(rng, w, sentiment=True)
         clauses.append(clause)
         score += value
-    for _ in range(rng.choice((0, 0, 1, 2))):
+    for _ in range(rng.choice((0, 1, 1))):
         clauses.insert(rng.randrange(len(clauses) + 1), _review_clause(rng, w, sentiment=False)[0])
     tokens = list(rng.choice((["honestly", ","], ["overall", ","], ["i", "think"], ["frankly", ","], [], [])))
     for k, clause in enumerate(clauses):
@@ -152,7 +163,7 @@ def _sentiment_candidate(rng, w) -> tuple[list[str], int]:
 
 def _review_clause(rng, w, *, sentiment: bool) -> tuple[list[str], int]:
     tokens = [rng.choice(("the", "this")), rng.choice(w["review_subjects"]), rng.choice(w["linking_verbs"])]
-    negated = rng.random() < 0.25
+    negated = rng.random() < 0.3
     intensified = rng.random() < 0.3
     if negated:
         tokens.append(rng.choice(w["negators"]))
@@ -172,88 +183,63 @@ def _review_clause(rng, w, *, sentiment: bool) -> tuple[list[str], int]:
 # --- syn-pair ------------------------------------------------------------------------------------
 
 def _pair(rng: random.Random, w) -> tuple[str, str, int]:
-    while True:
-        n_facts = rng.randint(2, 3)
-        names = rng.sample(w["names"], n_facts)
-        objects = rng.sample(w["objects"], n_facts)
-        facts = [(name, rng.choice(w["verbs"]), obj, rng.random() < 0.25) for name, obj in zip(names, objects)]
-        premise = []
-        for k, fact in enumerate(facts):
-            if k:
-                premise += rng.choice(([","], ["and"], ["while"], [",", "then"]))
-            premise += _fact_tokens(rng, w, fact, decorate=True)
-        premise.append(".")
-        if MIN_WORDS <= len(premise) <= MAX_WORDS:
-            break
+    topics = w["topics"]
     label = rng.randrange(3)  # 0 entailment, 1 neutral, 2 contradiction
-    name, verb, obj, negated = rng.choice(facts)
+    name, verb = rng.choice(w["names"]), rng.choice(w["verbs"])
+    premise_topics = rng.sample(sorted(topics), rng.randint(1, 3))
+    items = [rng.choice(topics[t]) for t in premise_topics]
+    premise_negated = rng.random() < 0.5
+    premise = list(rng.choice(([], [], ["yesterday"], ["last", "week"], ["apparently"])))
+    premise += [name] + (["never"] if premise_negated else []) + [verb]
+    for k, item in enumerate(items):
+        if k:
+            premise += ["and"] if k == len(items) - 1 else [","]
+        premise += ["the"] + ([rng.choice(w["colours"])] if rng.random() < 0.4 else []) + [item]
+    if rng.random() < 0.4:
+        premise += ["in", "the", rng.choice(w["places"])]
+    premise.append(".")
+
     if label == 1:
-        name, verb, obj = _unstated_fact(rng, w, facts, (name, verb, obj))
-        negated = rng.random() < 0.4
-    elif label == 2:
-        negated = not negated
-    hypothesis = list(rng.choice(([], [], ["i", "think"], ["apparently"], ["maybe"])))
-    hypothesis += _fact_tokens(rng, w, (name, verb, obj, negated), decorate=False) + ["."]
-    return _sentence(premise), _sentence(hypothesis), label
-
-
-def _fact_tokens(rng, w, fact, *, decorate: bool) -> list[str]:
-    name, verb, obj, negated = fact
-    tokens = [name] + (["never"] if negated else []) + [verb, "the"]
-    if decorate and rng.random() < 0.5:
-        tokens.append(rng.choice(w["colours"]))
-    tokens.append(obj)
-    if decorate and rng.random() < 0.4:
-        tokens += ["in", "the", rng.choice(w["places"])]
-    return tokens
-
-
-def _unstated_fact(rng, w, facts, chosen) -> tuple[str, str, str]:
-    name, verb, obj = chosen
-    stated = {(f[0], f[1], f[2]) for f in facts}
-    kind = rng.choices(("object", "name", "verb", "swap"), weights=(35, 25, 20, 20))[0]
-    while True:
-        if kind == "object":
-            candidate = (name, verb, rng.choice(w["objects"]))
-        elif kind == "name":
-            candidate = (rng.choice(w["names"]), verb, obj)
-        elif kind == "verb":
-            candidate = (name, rng.choice(w["verbs"]), obj)
-        else:  # binds the name of one fact to the object of another: needs the pairing, not the words
-            other = rng.choice([f for f in facts if f[0] != name])
-            candidate = (name, rng.choice((verb, other[1])), other[2])
-        if candidate not in stated:
-            return candidate
+        topic = rng.choice([t for t in sorted(topics) if t not in premise_topics])
+        hypothesis_negated = rng.random() < 0.5
+    else:
+        topic = rng.choice(premise_topics)
+        hypothesis_negated = premise_negated if label == 0 else not premise_negated
+    hedged = rng.random() < (0.35 if label == 1 else 0.1)
+    hypothesis = ([rng.choice(w["hedges"])] if hedged else []) + [name]
+    hypothesis += ["never", verb, "any", topic] if hypothesis_negated else [verb, "some", topic]
+    return _sentence(premise), _sentence(hypothesis + ["."]), label
 
 
 # --- syn-similarity ------------------------------------------------------------------------------
 
+ITEMS_PER_SENTENCE = 4
+
+
 def _similarity(rng: random.Random, w) -> tuple[str, str, float]:
-    slots_a = _random_slots(rng, w)
-    shared = rng.sample(list(SIMILARITY_WEIGHTS), rng.randint(0, len(SIMILARITY_WEIGHTS)))
-    slots_b = {}
-    for slot, value in slots_a.items():
-        if slot in shared:
-            slots_b[slot] = value
-        else:
-            slots_b[slot] = rng.choice([v for v in w[_SLOT_CLASS[slot]] if v != value])
-    score = round(sum(SIMILARITY_WEIGHTS[slot] for slot in shared), 2)
-    return _slot_sentence(rng, slots_a), _slot_sentence(rng, slots_b), score
+    topics = w["topics"]
+    names = sorted(topics)
+    topics_a = rng.sample(names, ITEMS_PER_SENTENCE)
+    shared = rng.randint(0, ITEMS_PER_SENTENCE)
+    topics_b = rng.sample(topics_a, shared) + rng.sample([t for t in names if t not in topics_a],
+                                                         ITEMS_PER_SENTENCE - shared)
+    items_a = {t: rng.choice(topics[t]) for t in topics_a}
+    items_b = {t: items_a[t] if t in items_a and rng.random() < 0.5 else rng.choice(topics[t]) for t in topics_b}
+    score = round(5.0 * shared / ITEMS_PER_SENTENCE, 2)
+    return (_list_sentence(rng, w, [items_a[t] for t in topics_a]),
+            _list_sentence(rng, w, rng.sample([items_b[t] for t in topics_b], ITEMS_PER_SENTENCE)), score)
 
 
-_SLOT_CLASS = {"name": "names", "verb": "verbs", "object": "objects", "colour": "colours", "place": "places"}
-
-
-def _random_slots(rng, w) -> dict[str, str]:
-    return {slot: rng.choice(w[cls]) for slot, cls in _SLOT_CLASS.items()}
-
-
-def _slot_sentence(rng, s) -> str:
-    core = [s["name"], s["verb"], "the", s["colour"], s["object"]]
-    place = ["in", "the", s["place"]]
-    tokens = core + place if rng.random() < 0.6 else place + [","] + core
-    prefix = rng.choice(([], [], ["yesterday"], ["last", "week"], ["today"], ["apparently"], ["i", "think"]))
-    return _sentence(list(prefix) + tokens + ["."])
+def _list_sentence(rng, w, items: list[str]) -> str:
+    tokens = list(rng.choice(([], [], ["yesterday"], ["last", "week"], ["today"], ["i", "think"])))
+    tokens += [rng.choice(w["names"]), rng.choice(w["verbs"])]
+    for k, item in enumerate(items):
+        if k:
+            tokens += ["and"] if k == len(items) - 1 else [","]
+        tokens += ["the", item]
+    if rng.random() < 0.4:
+        tokens += ["in", "the", rng.choice(w["places"])]
+    return _sentence(tokens + ["."])
 
 
 _GENERATORS = {"syn-sentiment": _sentiment, "syn-pair": _pair, "syn-similarity": _similarity}

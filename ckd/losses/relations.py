@@ -24,7 +24,6 @@ import contextlib
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["wr_pair", "wr_triple", "ltr_pair", "ltr_triple", "RELATION_LOSSES", "DEFAULT_WINDOW"]
@@ -120,7 +119,14 @@ def _masked_kl(logits_t: torch.Tensor, logits_s: torch.Tensor, keep: torch.Tenso
     return torch.where(keep, log_pt.exp() * (log_pt - log_ps), 0).sum()
 
 
-def _rays(g_ii: torch.Tensor, g_ij: torch.Tensor, g_jj: torch.Tensor, keep: torch.Tensor):
+def _cosines(gram: torch.Tensor) -> torch.Tensor:
+    """Cosine matrix from a Gram matrix (..., m, m); a zero vector has cosine 0 with everything."""
+    # Clamping before rsqrt (as F.normalize's eps does) keeps the gradient finite for zero vectors.
+    inv_norm = gram.diagonal(dim1=-2, dim2=-1).clamp_min(1e-24).rsqrt()
+    return gram * inv_norm.unsqueeze(-1) * inv_norm.unsqueeze(-2)
+
+
+def _rays(g_ii: torch.Tensor, g_ij: torch.Tensor, g_jj: torch.Tensor, keep: torch.Tensor, gram_dtype=None):
     """Per centre i and neighbour j: x_ij = 1 / |h_j - h_i| and c_ij = G_ij - G_ii / 2, from Gram entries
     (|h_j - h_i|^2 = G_jj - 2 G_ij + G_ii), so that
 
@@ -129,10 +135,10 @@ def _rays(g_ii: torch.Tensor, g_ij: torch.Tensor, g_jj: torch.Tensor, keep: torc
     x is 0 where `keep` is False and where the difference vanishes (j == i, or a point coinciding with
     the centre), which makes every angle involving j exactly 0 on both sides: masked terms drop out
     without a mask on the (.., w, w) angles. rsqrt only sees safely positive values, so gradients stay
-    finite at coincident points.
+    finite at coincident points. `gram_dtype`: the precision the Gram entries were computed in.
     """
     sq = g_ii - 2 * g_ij + g_jj
-    eps = _COINCIDE_EPS_FACTOR * torch.finfo(sq.dtype).eps
+    eps = _COINCIDE_EPS_FACTOR * torch.finfo(gram_dtype or sq.dtype).eps
     ok = keep & (sq > eps * (g_ii + g_jj))
     x = torch.where(ok, torch.rsqrt(torch.where(ok, sq, torch.ones_like(sq))), 0)
     return x, g_ij - g_ii / 2
@@ -178,11 +184,10 @@ def wr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
         total = None
         for t, s in zip(teacher, student):
             with torch.no_grad():
-                u_t = F.normalize(torch.where(v, t.to(dtype), 0), dim=-1)
-                cos_t = torch.bmm(u_t, u_t.transpose(1, 2))
-            u_s = F.normalize(torch.where(v, s.to(dtype), 0), dim=-1)
-            cos_s = torch.bmm(u_s, u_s.transpose(1, 2))
-            kl = _masked_kl(cos_t, cos_s, keep)
+                t = torch.where(v, t.to(dtype), 0)
+                cos_t = _cosines(torch.bmm(t, t.transpose(1, 2)))
+            s = torch.where(v, s.to(dtype), 0)
+            kl = _masked_kl(cos_t, _cosines(torch.bmm(s, s.transpose(1, 2))), keep)
             total = kl if total is None else total + kl
         lengths = valid.sum(dim=1).to(dtype)
         return total / _denominator(len(student) * lengths.square().sum())
@@ -198,8 +203,8 @@ def ltr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
         v = valid.unsqueeze(-1)
 
         def layer_cosines(layers):  # (B, n, K, K)
-            u = torch.stack([F.normalize(torch.where(v, h.to(dtype), 0), dim=-1) for h in layers], dim=2)
-            return u @ u.transpose(-1, -2)
+            e = torch.where(v.unsqueeze(-1), torch.stack([h.to(dtype) for h in layers], dim=2), 0)
+            return _cosines(e @ e.transpose(-1, -2))
 
         with torch.no_grad():
             cos_t = layer_cosines(teacher)
@@ -345,7 +350,7 @@ def _full_triple(teacher, student, valid, dtype, chunk_size) -> torch.Tensor:
     def rays(g, start, stop):  # x, y of centres start..stop-1: (rows, c, n)
         d = g.diagonal(dim1=1, dim2=2)
         keep = valid_rows[:, start:stop, None] & valid_rows[:, None, :]
-        x, c = _rays(d[:, start:stop, None], g[:, start:stop], d[:, None, :], keep)
+        x, c = _rays(d[:, start:stop, None], g[:, start:stop], d[:, None, :], keep, gram_dtype=dtype)
         return x, c * x
 
     def inner(ga, xa, ya, gb, xb, yb):  # sum over the block's centres of <psi_a,i, psi_b,i>

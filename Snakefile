@@ -1,0 +1,36 @@
+# ckd-repro: teachers -> (teacher logits) -> distilled students -> tables, plots -> report.
+#   snakemake --cores 2                                  the smoke study (embedded default)
+#   snakemake --cores 2 --configfile config/paper.yaml   another study
+#   snakemake --configfile config/paper.yaml --report results/paper/report.html
+from snakemake.utils import min_version, update_config, validate
+
+min_version("8.0")
+
+
+configfile: "config/smoke.yaml"
+
+
+# A study file given with --configfile is a whole study: it replaces the embedded default instead
+# of being merged into it (as --replace-workflow-config would); --config values still apply on top.
+if workflow.overwrite_configfiles:
+    config.clear()
+    update_config(config, workflow.config_settings.overwrite_config)
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/distill.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        TABLES,
+        PLOTS_DIR,
+    default_target: True

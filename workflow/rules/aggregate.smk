@@ -1,0 +1,69 @@
+# Tables and plots: pure functions of the run records (ckd aggregate, ckd plots).
+
+
+rule expected_runs:
+    # The grid the config asks for, so that missing.md lists runs that never finished.
+    output:
+        f"{STUDY_DIR}/expected.json",
+    params:
+        runs=EXPECTED_RUNS,
+    log:
+        f"{LOGS}/expected_runs.log",
+    localrule: True
+    run:
+        Path(output[0]).write_text(json.dumps(params.runs, indent=1) + "\n")
+
+
+rule aggregate:
+    input:
+        expected=f"{STUDY_DIR}/expected.json",
+        records=TEACHER_RECORDS + RUN_RECORDS,
+    output:
+        **table_outputs(),
+    log:
+        f"{LOGS}/aggregate.log",
+    params:
+        study_dir=lambda wildcards, input: Path(input.expected).parent,
+        out=lambda wildcards, output: Path(output.main_csv).parent,
+        score=config["aggregate"]["score"],
+        baseline=config["aggregate"]["baseline"],
+        bootstrap=config["aggregate"]["bootstrap"],
+        alternative=config["aggregate"]["alternative"],
+    threads: resources_of("aggregate")["threads"]
+    resources:
+        mem_mb=resources_of("aggregate")["mem_mb"],
+        runtime=resources_of("aggregate")["runtime"],
+    localrule: True
+    conda:
+        "../../environment.yml"
+    shell:
+        "ckd aggregate --study-dir {params.study_dir:q} --out {params.out:q} --expected {input.expected:q}"
+        " --score {params.score} --baseline {params.baseline:q} --bootstrap {params.bootstrap}"
+        " --alternative {params.alternative} > {log} 2>&1"
+
+
+rule plots:
+    input:
+        TEACHER_RECORDS + RUN_RECORDS,
+    output:
+        report(
+            directory(PLOTS_DIR),
+            patterns=["{name}.png"],
+            caption="../report/plots.rst",
+            category="Plots",
+            labels={"figure": "{name}"},
+        ),
+    log:
+        f"{LOGS}/plots.log",
+    params:
+        study_dir=lambda wildcards, output: Path(output[0]).parent,
+        score=config["aggregate"]["score"],
+    threads: resources_of("aggregate")["threads"]
+    resources:
+        mem_mb=resources_of("aggregate")["mem_mb"],
+        runtime=resources_of("aggregate")["runtime"],
+    localrule: True
+    conda:
+        "../../environment.yml"
+    shell:
+        "ckd plots --study-dir {params.study_dir:q} --out {output:q} --score {params.score} > {log} 2>&1"
