@@ -29,8 +29,12 @@ include: "workflow/rules/aggregate.smk"
 report: "workflow/report/workflow.rst"
 
 
+# The run records are targets too: a deleted record.json is re-made (and the tables and plots after
+# it) even though the tables that read it are still present.
 rule all:
     input:
+        TEACHER_RECORDS,
+        RUN_RECORDS,
         TABLES,
         PLOTS_DIR,
     default_target: True

@@ -132,6 +132,13 @@ TERMS: dict[str, TermKind] = {
 }
 
 
+def _check_window(window: Any, method_name: str) -> None:
+    if window is None:
+        return
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ConfigError(f"method {method_name!r}: window must be an odd positive integer or null (all triples), got {window!r}")
+
+
 class Objective(nn.Module):
     """Weighted sum of a method's terms. Holds any learnable part of the loss (TinyBERT projections)."""
 
@@ -162,6 +169,9 @@ class Objective(nn.Module):
                         f"method {method.name!r} transfers attention per head and needs equal head counts "
                         f"(teacher {t}, student {s}): give the student {t} heads or choose another method"
                     )
+        for term, _ in self.terms:
+            if term.name == "wr_triple":
+                _check_window(term.options.get("window", relations.DEFAULT_WINDOW), method.name)
         self.embedding_projection = self.hidden_projection = None
         if any(term.name in ("tinybert_embedding", "tinybert_hidden") for term, _ in self.terms):
             widths = (student_config.hidden_size, teacher_config.hidden_size)

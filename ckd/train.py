@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -14,6 +15,32 @@ from torch import nn
 
 from ckd import checkpoint as ckpt
 from ckd.errors import CkdError
+
+
+class Preempted(CkdError):
+    """SIGTERM (cluster pre-emption): the run checkpointed and stopped; the same command resumes it."""
+
+
+class _TerminationFlag:
+    """Turns SIGTERM into a flag the loop checks between steps, so it can checkpoint first."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self) -> "_TerminationFlag":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 from ckd.evaluation import evaluate, selection_value
 
 
@@ -149,77 +176,83 @@ def train(setup: TrainSetup) -> TrainResult:
     writer = _tensorboard(setup.run_dir, bool(cfg["tensorboard"]))
     bar = _progress(total_steps, step, bool(cfg["progress"]), f"{setup.config['task']} {setup.config.get('method') or 'finetune'}")
     final_eval = None
-    try:
-        setup.student.train()
-        order = epoch_order(num_examples, seed, step // steps_per_epoch)
-        while step < total_steps:
-            started = time.perf_counter()
-            epoch, position = divmod(step, steps_per_epoch)
-            if position == 0:
-                order = epoch_order(num_examples, seed, epoch)
-            indices = order[position * batch_size:(position + 1) * batch_size].tolist()
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, step_terms = 0.0, {}
-            for start in range(0, len(indices), micro):
-                chunk = indices[start:start + micro]
-                if not chunk:
-                    continue
-                batch = setup.train_data.batch(chunk)
-                loss, terms = setup.step_loss(batch)
-                if not torch.isfinite(loss):
-                    raise CkdError(
-                        f"non-finite loss ({loss.item()}) at step {step + 1} (terms: {terms}); stopped. "
-                        f"The last good checkpoint is in {ckpt.latest_path(setup.run_dir)}: lower the learning rate or the loss weights"
-                    )
-                (loss * (len(chunk) / len(indices))).backward()
-                step_loss += loss.item() * len(chunk) / len(indices)
-                for name, value in terms.items():
-                    step_terms[name] = step_terms.get(name, 0.0) + value * len(chunk) / len(indices)
-            if cfg["max_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(params, float(cfg["max_grad_norm"]))
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            examples_seen += len(indices)
-            train_seconds += time.perf_counter() - started
-            window_loss += step_loss
-            window_batches += 1
-            for name, value in step_terms.items():
-                window_terms[name] = window_terms.get(name, 0.0) + value
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
-            if writer is not None:
-                writer.add_scalar("train/loss", step_loss, step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+    with _TerminationFlag() as termination:
+        try:
+            setup.student.train()
+            order = epoch_order(num_examples, seed, step // steps_per_epoch)
+            while step < total_steps:
+                started = time.perf_counter()
+                epoch, position = divmod(step, steps_per_epoch)
+                if position == 0:
+                    order = epoch_order(num_examples, seed, epoch)
+                indices = order[position * batch_size:(position + 1) * batch_size].tolist()
+                optimizer.zero_grad(set_to_none=True)
+                step_loss, step_terms = 0.0, {}
+                for start in range(0, len(indices), micro):
+                    chunk = indices[start:start + micro]
+                    if not chunk:
+                        continue
+                    batch = setup.train_data.batch(chunk)
+                    loss, terms = setup.step_loss(batch)
+                    if not torch.isfinite(loss):
+                        raise CkdError(
+                            f"non-finite loss ({loss.item()}) at step {step + 1} (terms: {terms}); stopped. "
+                            f"The last good checkpoint is in {ckpt.latest_path(setup.run_dir)}: lower the learning rate or the loss weights"
+                        )
+                    (loss * (len(chunk) / len(indices))).backward()
+                    step_loss += loss.item() * len(chunk) / len(indices)
+                    for name, value in terms.items():
+                        step_terms[name] = step_terms.get(name, 0.0) + value * len(chunk) / len(indices)
+                if cfg["max_grad_norm"]:
+                    torch.nn.utils.clip_grad_norm_(params, float(cfg["max_grad_norm"]))
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                examples_seen += len(indices)
+                train_seconds += time.perf_counter() - started
+                window_loss += step_loss
+                window_batches += 1
+                for name, value in step_terms.items():
+                    window_terms[name] = window_terms.get(name, 0.0) + value
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
+                if writer is not None:
+                    writer.add_scalar("train/loss", step_loss, step)
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
 
-            if step % eval_every == 0 or step == total_steps:
-                entry = {
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 4),
-                    "train_loss": window_loss / max(1, window_batches),
-                    "loss_terms": {k: v / max(1, window_batches) for k, v in window_terms.items()},
-                }
-                window_loss, window_terms, window_batches = 0.0, {}, 0
-                if setup.evaluate_dev:
-                    metrics, predictions, _ = evaluate(setup.student, setup.dev_data, setup.task, int(cfg["eval_batch_size"]))
-                    setup.student.train()
-                    entry["dev"] = metrics
-                    if writer is not None:
-                        for split, values in metrics.items():
-                            for metric, value in values.items():
-                                writer.add_scalar(f"{split}/{metric}", value, step)
-                    if best is None or selection_value(setup.task, metrics) > selection_value(setup.task, best["metrics"]):
-                        best = {"step": step, "metrics": metrics}
-                        best_predictions = predictions
-                    if step == total_steps:
-                        final_eval = (metrics, predictions)
-                history.append(entry)
-            if step % checkpoint_every == 0 and step < total_steps:
-                save(step)
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
+                if step % eval_every == 0 or step == total_steps:
+                    entry = {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 4),
+                        "train_loss": window_loss / max(1, window_batches),
+                        "loss_terms": {k: v / max(1, window_batches) for k, v in window_terms.items()},
+                    }
+                    window_loss, window_terms, window_batches = 0.0, {}, 0
+                    if setup.evaluate_dev:
+                        metrics, predictions, _ = evaluate(setup.student, setup.dev_data, setup.task, int(cfg["eval_batch_size"]))
+                        setup.student.train()
+                        entry["dev"] = metrics
+                        if writer is not None:
+                            for split, values in metrics.items():
+                                for metric, value in values.items():
+                                    writer.add_scalar(f"{split}/{metric}", value, step)
+                        if best is None or selection_value(setup.task, metrics) > selection_value(setup.task, best["metrics"]):
+                            best = {"step": step, "metrics": metrics}
+                            best_predictions = predictions
+                        if step == total_steps:
+                            final_eval = (metrics, predictions)
+                    history.append(entry)
+                if step < total_steps and (step % checkpoint_every == 0 or termination.raised):
+                    save(step)
+                if termination.raised and step < total_steps:
+                    raise Preempted(
+                        f"stopped by SIGTERM after step {step}/{total_steps}; checkpoint saved in "
+                        f"{ckpt.latest_path(setup.run_dir)}: run the same command again to resume"
+                    )
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
 
     final, final_predictions = None, None
     if final_eval is not None:  # the last step is always evaluated when the run evaluates at all

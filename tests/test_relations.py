@@ -40,6 +40,7 @@ def variants(window):
 
 
 ALL_LOSSES = [v[:2] + (v[3],) for v in variants(5)]  # (name, fast, kwargs)
+WR_TRIPLES = [v for v in ALL_LOSSES if v[0].startswith("wr_triple")]
 
 # K = 3..5 layers, windows 3, 5 and 21 (> n), varied lengths including a length-1 sentence
 CASES = [
@@ -235,6 +236,18 @@ def test_float32_agrees_with_float64():
         assert single == pytest.approx(exact, rel=1e-4), name
 
 
+def test_degenerate_settings_give_zero():
+    teacher, student, mask = make_batch([6, 3], 6, 3, seed=20, requires_grad=True)
+    # a window of 1 holds only the centre (angle 0); a single layer has no layer relations
+    losses = [wr_triple(teacher, student, mask, window=1), ltr_pair(teacher[:1], student[:1], mask),
+              ltr_triple(teacher[:1], student[:1], mask)]
+    for loss in losses:
+        assert val(loss) == 0.0
+        assert all(g is None or (g == 0).all() for g in torch.autograd.grad(loss, student, allow_unused=True))
+    # two-token sentences: each row has one candidate, so both softmaxes are 1
+    assert val(wr_pair(teacher, student, torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1]]))) == 0.0
+
+
 def test_registry_names_the_four_losses():
     assert RELATION_LOSSES == {"wr_pair": wr_pair, "wr_triple": wr_triple, "ltr_pair": ltr_pair, "ltr_triple": ltr_triple}
 
@@ -273,9 +286,6 @@ def test_invalid_inputs_are_rejected():
         wr_pair(teacher[0], student[0], mask)  # a single (B, n, d) tensor, not a list of layers
     with pytest.raises(TypeError, match="floating point"):
         wr_pair([t.long() for t in teacher], student, mask)
-
-
-WR_TRIPLES = [v for v in ALL_LOSSES if v[0].startswith("wr_triple")]
 
 
 @pytest.mark.parametrize("name,fast,kwargs", WR_TRIPLES, ids=[v[0] for v in WR_TRIPLES])

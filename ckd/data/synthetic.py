@@ -163,7 +163,7 @@ def _sentiment_candidate(rng, w) -> tuple[list[str], int]:
 
 def _review_clause(rng, w, *, sentiment: bool) -> tuple[list[str], int]:
     tokens = [rng.choice(("the", "this")), rng.choice(w["review_subjects"]), rng.choice(w["linking_verbs"])]
-    negated = rng.random() < 0.3
+    negated = rng.random() < 0.25
     intensified = rng.random() < 0.3
     if negated:
         tokens.append(rng.choice(w["negators"]))
@@ -186,8 +186,8 @@ def _pair(rng: random.Random, w) -> tuple[str, str, int]:
     topics = w["topics"]
     label = rng.randrange(3)  # 0 entailment, 1 neutral, 2 contradiction
     name, verb = rng.choice(w["names"]), rng.choice(w["verbs"])
-    premise_topics = rng.sample(sorted(topics), rng.randint(1, 3))
-    items = [rng.choice(topics[t]) for t in premise_topics]
+    premise_topic = rng.choice(sorted(topics))
+    items = rng.sample(topics[premise_topic], rng.randint(1, 3))
     premise_negated = rng.random() < 0.5
     premise = list(rng.choice(([], [], ["yesterday"], ["last", "week"], ["apparently"])))
     premise += [name] + (["never"] if premise_negated else []) + [verb]
@@ -200,10 +200,10 @@ def _pair(rng: random.Random, w) -> tuple[str, str, int]:
     premise.append(".")
 
     if label == 1:
-        topic = rng.choice([t for t in sorted(topics) if t not in premise_topics])
+        topic = rng.choice([t for t in sorted(topics) if t != premise_topic])
         hypothesis_negated = rng.random() < 0.5
     else:
-        topic = rng.choice(premise_topics)
+        topic = premise_topic
         hypothesis_negated = premise_negated if label == 0 else not premise_negated
     hedged = rng.random() < (0.35 if label == 1 else 0.1)
     hypothesis = ([rng.choice(w["hedges"])] if hedged else []) + [name]
@@ -213,7 +213,7 @@ def _pair(rng: random.Random, w) -> tuple[str, str, int]:
 
 # --- syn-similarity ------------------------------------------------------------------------------
 
-ITEMS_PER_SENTENCE = 4
+ITEMS_PER_SENTENCE = 3
 
 
 def _similarity(rng: random.Random, w) -> tuple[str, str, float]:

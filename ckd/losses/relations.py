@@ -13,9 +13,14 @@ those of METHODS.md, "CKD relation losses":
                   / (K * sum_b n_b * w^2); ``window=None``: all valid i, j, k, / (K * sum_b n_b^3)
 * ``ltr_triple``: the same angles over the K layer vectors of each token, / (K^3 * sum_b n_b)
 
-Everything is computed from Gram matrices: no (B, n, n, d), (B, n, w, d) or (B, n, n, n) tensor is
-ever built. The full triple runs over chunks of centre tokens under activation checkpointing, so
-forward and backward memory is O(K * B * chunk * n^2).
+Everything is computed from one Gram matrix per layer and side (angles via
+<h_j - h_i, h_k - h_i> = G_jk - G_ij - G_ik + G_ii): no (B, n, n, d), (B, n, w, d) or (B, n, n, n)
+tensor is ever built. The window triple gathers Gram entries into (K * B, block, w, w) tensors for
+blocks of centre tokens; the full triple (window=None) reduces the O(n^3) sum to batched matrix
+products over (K * B, n, n) tensors in float64. With several blocks, each block is recomputed in
+backward (activation checkpointing), so memory stays at a few block-sized tensors.
+
+Half-precision inputs are computed in float32, float32/float64 as given; autocast is disabled inside.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ DEFAULT_WINDOW = 21  # the authors' released default
 # Logits are cosines in [-1, 1]; exp(-1e4) is exactly 0 in float32 and float64, so masked entries get
 # probability 0 without the NaNs that -inf produces in KL (and in its gradient).
 _MASK_FILL = -1e4
-# Target size of one block tensor (all layers and sentences, a block of centre tokens) in wr_triple.
-_CHUNK_BYTES = 32 * 2**20
+# Target size of a block's intermediates (all layers and sentences, a block of centre tokens) in wr_triple.
+_CHUNK_BYTES = 64 * 2**20
 # A squared difference below this fraction of |h_i|^2 + |h_j|^2 is rounding noise of the Gram trick:
 # the two points coincide and the angle is 0, as for j == i.
 _COINCIDE_EPS_FACTOR = 64
@@ -203,7 +208,7 @@ def ltr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
         v = valid.unsqueeze(-1)
 
         def layer_cosines(layers):  # (B, n, K, K)
-            e = torch.where(v.unsqueeze(-1), torch.stack([h.to(dtype) for h in layers], dim=2), 0)
+            e = torch.stack([torch.where(v, h.to(dtype), 0) for h in layers], dim=2)
             return _cosines(e @ e.transpose(-1, -2))
 
         with torch.no_grad():
@@ -222,14 +227,14 @@ def ltr_triple(teacher_states, student_states, attention_mask) -> torch.Tensor:
     K = len(student)
     dtype = _compute_dtype(student[0])
     with _no_autocast(valid.device):
-        v = valid[:, :, None, None]
+        v = valid.unsqueeze(-1)
 
         def layer_angles(layers):  # (B, n, K, K, K)
-            e = torch.stack([h.to(dtype) for h in layers], dim=2)
-            e = torch.where(v, e - e.mean(dim=2, keepdim=True), 0)  # centring over layers is exact
+            e = torch.stack([torch.where(v, h.to(dtype), 0) for h in layers], dim=2)
+            e = e - e.mean(dim=2, keepdim=True)  # centring over layers is exact
             g = e @ e.transpose(-1, -2)
             d = g.diagonal(dim1=-2, dim2=-1)
-            x, c = _rays(d.unsqueeze(-1), g, d.unsqueeze(-2), v)
+            x, c = _rays(d.unsqueeze(-1), g, d.unsqueeze(-2), v.unsqueeze(-1))
             return _angles(g.unsqueeze(-3), x, c)
 
         with torch.no_grad():
@@ -275,6 +280,7 @@ def wr_triple(
 
 
 def _blocks(n: int, chunk_size: int | None, bytes_per_centre: int) -> list[tuple[int, int]]:
+    """(start, stop) of blocks of centre tokens, about _CHUNK_BYTES of intermediates each."""
     size = chunk_size or max(1, _CHUNK_BYTES // max(1, bytes_per_centre))
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
@@ -325,7 +331,8 @@ def _window_triple(teacher, student, valid, dtype, window, quirks, chunk_size) -
             psi_t = angles(gt, start, stop)
         return (angles(gs, start, stop) - psi_t).square().sum()
 
-    return _sum_blocks(block_sum, g_s, g_t, _blocks(n, chunk_size, rows * window * window * g_s.element_size()))
+    # about 8 (rows, block, w, w) tensors are alive at once in a block
+    return _sum_blocks(block_sum, g_s, g_t, _blocks(n, chunk_size, 8 * rows * window**2 * g_s.element_size()))
 
 
 def _full_triple(teacher, student, valid, dtype, chunk_size) -> torch.Tensor:
@@ -367,8 +374,8 @@ def _full_triple(teacher, student, valid, dtype, chunk_size) -> torch.Tensor:
             tt = inner(gt, x_t, y_t, gt, x_t, y_t)
         return inner(gs, x_s, y_s, gs, x_s, y_s) - 2 * inner(gs, x_s, y_s, gt, x_t, y_t) + tt
 
-    # ~16 live (rows, block, n) float64 tensors per block
-    return _sum_blocks(block_sum, g_s, g_t, _blocks(n, chunk_size, rows * n * 8 * 16))
+    # about 16 (rows, block, n) tensors are alive at once in a block
+    return _sum_blocks(block_sum, g_s, g_t, _blocks(n, chunk_size, 16 * rows * n * g_s.element_size()))
 
 
 RELATION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
