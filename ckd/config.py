@@ -41,6 +41,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "progress": True,
     "tensorboard": True,
     "threads": None,           # torch CPU threads; None: torch's default
+    "device": "auto",          # auto | cpu | cuda | cuda:N
+    "precision": "fp32",       # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
 }
 
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -211,3 +213,13 @@ def fingerprint(obj: Any) -> str:
     """A stable hash of a JSON-able object (sorted keys)."""
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+RESULT_NEUTRAL = {"study": None, "train": ("progress", "tensorboard", "threads", "eval_batch_size")}
+
+
+def result_fingerprint(config: Mapping[str, Any]) -> str:
+    """Fingerprint of what determines a run's result (not its logging, threads or study label)."""
+    relevant = {k: v for k, v in config.items() if k not in RESULT_NEUTRAL or RESULT_NEUTRAL[k] is not None}
+    relevant["train"] = {k: v for k, v in config["train"].items() if k not in RESULT_NEUTRAL["train"]}
+    return fingerprint(relevant)

@@ -10,6 +10,7 @@ A model spec is a mapping (from the run config):
     truncate:     first (PKD: first k blocks) | alternate (DistilBERT: every other block)
     tokenizer:    tokenizer source for a random init (defaults to name_or_path)
     name:         label used in tables (default "<layers>L-<hidden>")
+    dropout:      overrides hidden and attention dropout (e.g. 0.0 for exact comparisons)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ PACKAGE_PREFIX = "package:"
 SYNTHETIC_TOKENIZER = "synthetic"
 INITS = ("pretrained", "random", "truncate")
 TRUNCATIONS = ("first", "alternate")
-SPEC_KEYS = {"name_or_path", "init", "layers", "hidden", "heads", "ffn", "truncate", "tokenizer", "name"}
+SPEC_KEYS = {"name_or_path", "init", "layers", "hidden", "heads", "ffn", "truncate", "tokenizer", "name", "dropout"}
 
 
 def resolve_source(name_or_path: str) -> str:
@@ -135,6 +136,9 @@ def build_model(spec: Mapping[str, Any], *, num_labels: int, regression: bool, r
     problem_type = "regression" if regression else "single_label_classification"
     torch.manual_seed(seed)  # the classifier head (and a random init) depend on it
     init = spec["init"]
+    dropout = {}
+    if spec.get("dropout") is not None:
+        dropout = {"hidden_dropout_prob": float(spec["dropout"]), "attention_probs_dropout_prob": float(spec["dropout"])}
     if init == "random":
         config = BertConfig(
             vocab_size=len(tokenizer),
@@ -145,6 +149,7 @@ def build_model(spec: Mapping[str, Any], *, num_labels: int, regression: bool, r
             pad_token_id=tokenizer.pad_token_id or 0,
             num_labels=num_labels,
             problem_type=problem_type,
+            **dropout,
         )
         config._attn_implementation = "eager"
         model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
@@ -152,7 +157,7 @@ def build_model(spec: Mapping[str, Any], *, num_labels: int, regression: bool, r
         source = resolve_source(spec["name_or_path"])
         config = _from_pretrained(AutoConfig, source)
         keep_labels = getattr(config, "num_labels", None) == num_labels and getattr(config, "problem_type", None) == problem_type
-        kwargs: dict[str, Any] = {"num_labels": num_labels, "problem_type": problem_type, "attn_implementation": "eager"}
+        kwargs: dict[str, Any] = {"num_labels": num_labels, "problem_type": problem_type, "attn_implementation": "eager", **dropout}
         if not keep_labels:
             kwargs["ignore_mismatched_sizes"] = True
         model = _from_pretrained(AutoModelForSequenceClassification, source, **kwargs)

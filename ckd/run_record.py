@@ -50,7 +50,7 @@ def predictions_payload(final: dict[str, dict[str, list]], best: dict[str, dict[
 
 
 def build_record(*, kind, config, config_fingerprint, task, method, result, student, teacher, layer_map,
-                 data_fingerprints, wall_seconds, eval_ms_per_example) -> dict[str, Any]:
+                 data_fingerprints, wall_seconds, eval_ms_per_example, runtime) -> dict[str, Any]:
     selection = {"split": task.dev_splits[0], "metric": task.selection_metric}
     metrics = None
     if result.final is not None:
@@ -85,6 +85,8 @@ def build_record(*, kind, config, config_fingerprint, task, method, result, stud
             "train_examples_per_s": round(result.examples_seen / result.train_seconds, 2) if result.train_seconds else None,
             "eval_ms_per_example": round(eval_ms_per_example, 4) if eval_ms_per_example is not None else None,
         },
+        "runtime": runtime,
+        "deterministic": runtime["device"] == "cpu",
         "versions": library_versions(),
         "git_commit": git_commit(),
         "data_fingerprint": data_fingerprints,

@@ -13,10 +13,11 @@ import torch
 
 from ckd import checkpoint as ckpt
 from ckd.atomic import atomic_directory, atomic_write_json
-from ckd.config import fingerprint
+from ckd.config import result_fingerprint
 from ckd.data.encoding import encode_split
 from ckd.data.loading import data_fingerprint, load_split
 from ckd.data.tasks import get_task
+from ckd.distributed import barrier, start_runtime, stop_runtime
 from ckd.errors import CkdError, ConfigError
 from ckd.evaluation import evaluate
 from ckd.hooks import AttentionCapture
@@ -27,12 +28,13 @@ from ckd.run_record import RECORD_FILE, PREDICTIONS_FILE, build_record, predicti
 from ckd.teacher_cache import load_teacher_logits
 from ckd.train import TrainSetup, train
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_LR = 5e-5
 DEFAULT_EPOCHS = 3
 
 
 def run_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, hidden: bool, capture: bool) -> Outputs:
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = {k: batch[k] for k in MODEL_INPUTS}
     recorder = AttentionCapture(model) if capture else nullcontext()
     with recorder:
         out = model(**inputs, output_hidden_states=hidden)
@@ -73,13 +75,22 @@ def is_complete(run_dir: Path) -> bool:
 
 def execute(kind: str, config: dict[str, Any], *, force: bool = False) -> dict[str, Any] | None:
     """Run `ckd finetune` or `ckd distill` for a resolved config; returns the record (None if already done)."""
+    runtime = start_runtime(str(config["train"]["device"]), str(config["train"]["precision"]))
+    try:
+        return _execute(kind, config, runtime, force)
+    finally:
+        stop_runtime(runtime)
+
+
+def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[str, Any] | None:
     run_dir = Path(config["output_dir"])
     if is_complete(run_dir) and not force:
         print(f"{run_dir / RECORD_FILE} exists: run already complete (use --force to redo it)", file=sys.stderr)
         return None
-    if force and is_complete(run_dir):
+    if force and is_complete(run_dir) and runtime.is_main:
         (run_dir / RECORD_FILE).unlink()
         ckpt.remove_checkpoints(run_dir)
+    barrier(runtime)
     started = time.time()
     if config["train"]["threads"]:
         torch.set_num_threads(int(config["train"]["threads"]))
@@ -106,11 +117,12 @@ def execute(kind: str, config: dict[str, Any], *, force: bool = False) -> dict[s
             if not config["teacher"]:
                 raise ConfigError(f"method {method.name!r} needs a teacher: set teacher.name_or_path to a fine-tuned teacher folder")
             teacher_built = build_model(config["teacher"], num_labels=task.num_labels, regression=task.is_regression, role="teacher")
-            teacher_built.model.eval().requires_grad_(False)
+            teacher_built.model.to(runtime.device).eval().requires_grad_(False)
 
     lr, epochs = _train_hyperparameters(config, method)
     role = "model" if kind == "finetune" else "student"
     student = build_model(model_spec, num_labels=task.num_labels, regression=task.is_regression, role=role, seed=int(config["seed"]))
+    student.model.to(runtime.device)
     if teacher_built is not None:
         check_same_tokenizer(teacher_built.tokenizer, student.tokenizer, str(config["teacher"].get("name_or_path")), str(model_spec.get("name_or_path") or model_spec.get("tokenizer")))
 
@@ -126,7 +138,7 @@ def execute(kind: str, config: dict[str, Any], *, force: bool = False) -> dict[s
     )
     cached_logits = None
     if teacher_built is not None and objective.logits_only and config.get("teacher_logits"):
-        cached_logits = load_teacher_logits(config["teacher_logits"], fingerprints["train"], len(train_examples))
+        cached_logits = load_teacher_logits(config["teacher_logits"], fingerprints["train"], len(train_examples)).to(runtime.device)
 
     def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         student_out = run_forward(student.model, batch, hidden=objective.needs_hidden, capture=objective.needs_capture)
@@ -139,18 +151,23 @@ def execute(kind: str, config: dict[str, Any], *, force: bool = False) -> dict[s
                     teacher_out = run_forward(teacher_built.model, batch, hidden=objective.needs_hidden, capture=objective.needs_capture)
         return objective(Batch(labels=batch["labels"], attention_mask=batch["attention_mask"]), student_out, teacher_out)
 
-    config_fp = fingerprint({k: v for k, v in config.items() if k not in ("study",)})
-    run_dir.mkdir(parents=True, exist_ok=True)
+    config_fp = result_fingerprint(config)
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier(runtime)
+    objective.to(runtime.device)
     setup = TrainSetup(
         run_dir=run_dir, config=config, config_fingerprint=config_fp, student=student.model, objective=objective,
         step_loss=step_loss, train_data=train_data, dev_data=dev_data, task=task, lr=lr, epochs=epochs,
-        evaluate_dev=not method.intermediate,
+        evaluate_dev=not method.intermediate, runtime=runtime,
     )
     result = train(setup)
+    if not runtime.is_main:
+        return None
 
     eval_ms = None
     if not method.intermediate:
-        _, _, eval_ms = evaluate(student.model, dev_data, task, int(config["train"]["eval_batch_size"]))
+        _, _, eval_ms = evaluate(student.model, dev_data, task, int(config["train"]["eval_batch_size"]), runtime.autocast)
     if config["train"]["save_model"] or method.intermediate:
         with atomic_directory(run_dir / "model") as tmp:
             save_model(student, tmp)
@@ -163,6 +180,7 @@ def execute(kind: str, config: dict[str, Any], *, force: bool = False) -> dict[s
         teacher=describe(teacher_built.model, {**config["teacher"], "name": config["teacher"].get("name")}) if teacher_built else None,
         layer_map=objective.map.to_record() if objective.map else None,
         data_fingerprints=fingerprints, wall_seconds=time.time() - started, eval_ms_per_example=eval_ms,
+        runtime=runtime.to_record(),
     )
     atomic_write_json(run_dir / RECORD_FILE, record)
     ckpt.remove_checkpoints(run_dir)

@@ -6,7 +6,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,11 +14,17 @@ import torch
 from torch import nn
 
 from ckd import checkpoint as ckpt
+from ckd.distributed import Runtime, barrier, gather_objects, share_of, sum_across, sum_gradients
 from ckd.errors import CkdError
+from ckd.evaluation import evaluate, selection_value
 
 
 class Preempted(CkdError):
     """SIGTERM (cluster pre-emption): the run checkpointed and stopped; the same command resumes it."""
+
+
+class NonFiniteLoss(CkdError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
 class _TerminationFlag:
@@ -41,7 +47,6 @@ class _TerminationFlag:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-from ckd.evaluation import evaluate, selection_value
 
 
 @dataclass
@@ -59,6 +64,7 @@ class TrainSetup:
     task: Any                     # TaskSpec
     lr: float
     epochs: int
+    runtime: Runtime
     evaluate_dev: bool = True
 
 
@@ -67,11 +73,43 @@ class TrainResult:
     history: list[dict[str, Any]]
     final: dict[str, Any] | None
     best: dict[str, Any] | None
-    final_predictions: dict[str, list] | None
-    best_predictions: dict[str, list] | None
+    final_predictions: dict[str, dict] | None
+    best_predictions: dict[str, dict] | None
     train_seconds: float
     examples_seen: int
     steps: int
+
+
+@dataclass
+class _Progress:
+    """Everything about the run's position that a checkpoint must carry besides the tensors."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    best_predictions: dict[str, dict] | None = None
+    train_seconds: float = 0.0
+    examples_seen: int = 0
+    window_loss: float = 0.0
+    window_terms: dict[str, float] = field(default_factory=dict)
+    window_steps: int = 0
+
+    def add_step(self, loss: float, terms: dict[str, float]) -> None:
+        self.window_loss += loss
+        self.window_steps += 1
+        for name, value in terms.items():
+            self.window_terms[name] = self.window_terms.get(name, 0.0) + value
+
+    def close_window(self, steps_per_epoch: int) -> dict[str, Any]:
+        steps = max(1, self.window_steps)
+        entry = {
+            "step": self.step,
+            "epoch": round(self.step / steps_per_epoch, 4),
+            "train_loss": self.window_loss / steps,
+            "loss_terms": {k: v / steps for k, v in self.window_terms.items()},
+        }
+        self.window_loss, self.window_terms, self.window_steps = 0.0, {}, 0
+        return entry
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -88,24 +126,12 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _trainable_parameters(setup: TrainSetup) -> list[nn.Parameter]:
-    params = [p for p in setup.student.parameters() if p.requires_grad]
-    params += [p for p in setup.objective.parameters() if p.requires_grad]
-    return params
-
-
-def _progress(total: int, initial: int, enabled: bool, description: str):
+def _progress_bar(total: int, initial: int, enabled: bool, description: str):
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        desc=description,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0 if sys.stderr.isatty() else 10.0,
-        file=sys.stderr,
+        total=total, initial=initial, disable=not enabled, desc=description, unit="step", dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 10.0, file=sys.stderr,
     )
 
 
@@ -119,152 +145,193 @@ def _tensorboard(run_dir: Path, enabled: bool):
     return SummaryWriter(log_dir=str(run_dir / "tb"))
 
 
-def train(setup: TrainSetup) -> TrainResult:
-    cfg = setup.config["train"]
-    seed = int(setup.config["seed"])
-    batch_size, accum = int(cfg["batch_size"]), int(cfg["grad_accum"])
-    micro = batch_size // accum
-    num_examples = len(setup.train_data)
-    if num_examples == 0:
-        raise CkdError("the training split is empty")
-    steps_per_epoch = math.ceil(num_examples / batch_size)
-    total_steps = int(cfg["max_steps"]) if cfg["max_steps"] else steps_per_epoch * setup.epochs
-    eval_every = int(cfg["eval_every"] or steps_per_epoch)
-    checkpoint_every = int(cfg["checkpoint_every"] or eval_every)
+def _chunks(items: list[int], parts: int) -> list[list[int]]:
+    size = math.ceil(len(items) / parts) if items else 0
+    return [items[i:i + size] for i in range(0, len(items), size)] if size else []
 
-    torch.manual_seed(seed)
-    params = _trainable_parameters(setup)
-    optimizer = torch.optim.AdamW(params, lr=setup.lr, eps=float(cfg["adam_eps"]), weight_decay=float(cfg["weight_decay"]))
-    scheduler = linear_schedule(optimizer, total_steps, int(round(cfg["warmup_ratio"] * total_steps)))
 
-    step, history, best, best_predictions, train_seconds, examples_seen = 0, [], None, None, 0.0, 0
-    window_loss, window_terms, window_batches = 0.0, {}, 0
-    state = ckpt.load_checkpoint(setup.run_dir, setup.config_fingerprint)
-    if state is not None:
-        setup.student.load_state_dict(state["student"])
-        setup.objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.restore_rng_state(state["rng"])
-        step, history, best, best_predictions = state["step"], state["history"], state["best"], state["best_predictions"]
-        train_seconds, examples_seen = state["train_seconds"], state["examples_seen"]
-        window_loss, window_terms, window_batches = state["window"]
-        print(f"resuming {setup.run_dir} from step {step}/{total_steps}", file=sys.stderr)
+class Trainer:
+    def __init__(self, setup: TrainSetup):
+        self.setup = setup
+        self.runtime = setup.runtime
+        cfg = setup.config["train"]
+        self.cfg = cfg
+        self.seed = int(setup.config["seed"])
+        self.batch_size = int(cfg["batch_size"])
+        self.num_examples = len(setup.train_data)
+        if self.num_examples == 0:
+            raise CkdError("the training split is empty")
+        self.steps_per_epoch = math.ceil(self.num_examples / self.batch_size)
+        self.total_steps = int(cfg["max_steps"]) if cfg["max_steps"] else self.steps_per_epoch * setup.epochs
+        self.eval_every = int(cfg["eval_every"] or self.steps_per_epoch)
+        self.checkpoint_every = int(cfg["checkpoint_every"] or self.eval_every)
+        torch.manual_seed(self.seed + self.runtime.rank)
+        self.params = [p for p in setup.student.parameters() if p.requires_grad]
+        self.params += [p for p in setup.objective.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=setup.lr, eps=float(cfg["adam_eps"]), weight_decay=float(cfg["weight_decay"])
+        )
+        self.scheduler = linear_schedule(self.optimizer, self.total_steps, int(round(cfg["warmup_ratio"] * self.total_steps)))
+        self.scaler = torch.amp.GradScaler("cuda") if self.runtime.precision == "fp16" else None
+        self.progress = _Progress()
+        self.checkpointed_step: int | None = None
 
-    def save(step_now: int) -> None:
-        ckpt.save_checkpoint(
-            setup.run_dir,
-            {
-                "config_fingerprint": setup.config_fingerprint,
-                "step": step_now,
-                "epoch": step_now // steps_per_epoch,
-                "data_order": epoch_order(num_examples, seed, step_now // steps_per_epoch),
-                "student": setup.student.state_dict(),
-                "objective": setup.objective.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": ckpt.rng_state(),
-                "history": history,
-                "best": best,
-                "best_predictions": best_predictions,
-                "train_seconds": train_seconds,
-                "examples_seen": examples_seen,
-                "window": (window_loss, window_terms, window_batches),
-            },
+    # -- checkpoints -------------------------------------------------------------------------
+    def resume(self) -> None:
+        state = ckpt.load_checkpoint(self.setup.run_dir, self.setup.config_fingerprint)
+        if state is None:
+            return
+        if len(state["rng"]) != self.runtime.world_size:
+            raise CkdError(
+                f"checkpoint in {ckpt.latest_path(self.setup.run_dir)} was written by {len(state['rng'])} process(es), "
+                f"this run has {self.runtime.world_size}: resume with the same process count"
+            )
+        self.setup.student.load_state_dict(state["student"])
+        self.setup.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng_state(state["rng"][self.runtime.rank])
+        self.progress = _Progress(**state["progress"])
+        self.checkpointed_step = self.progress.step
+        if self.runtime.is_main:
+            print(f"resuming {self.setup.run_dir} from step {self.progress.step}/{self.total_steps}", file=sys.stderr)
+
+    def save(self) -> None:
+        rng = gather_objects(ckpt.rng_state(), self.runtime)
+        if self.runtime.is_main:
+            step = self.progress.step
+            ckpt.save_checkpoint(self.setup.run_dir, {
+                "config_fingerprint": self.setup.config_fingerprint,
+                "step": step,
+                "data_order": epoch_order(self.num_examples, self.seed, step // self.steps_per_epoch),
+                "student": self.setup.student.state_dict(),
+                "objective": self.setup.objective.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng,
+                "progress": vars(self.progress),
+            })
+        self.checkpointed_step = self.progress.step
+        barrier(self.runtime)
+
+    # -- one optimiser step ------------------------------------------------------------------
+    def train_step(self, indices: list[int]) -> tuple[float, dict[str, float]]:
+        self.optimizer.zero_grad(set_to_none=True)
+        share = share_of(indices, self.runtime)
+        local = {"loss": 0.0}
+        for chunk in _chunks(share, int(self.cfg["grad_accum"])):
+            batch = self.setup.train_data.batch(chunk)
+            batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
+            weight = len(chunk) / len(indices)
+            with self.runtime.autocast():
+                loss, terms = self.setup.step_loss(batch)
+            scaled = loss.float() * weight
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            local["loss"] += loss.item() * weight
+            for name, value in terms.items():
+                local[f"term/{name}"] = local.get(f"term/{name}", 0.0) + value * weight
+        totals = sum_across(local, self.runtime)
+        if not math.isfinite(totals["loss"]):
+            kept = (
+                f"the last good checkpoint (step {self.checkpointed_step}) is kept in {ckpt.latest_path(self.setup.run_dir)}"
+                if self.checkpointed_step is not None else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLoss(
+                f"non-finite loss ({totals['loss']}) at step {self.progress.step + 1}, not applied; {kept}. "
+                "Lower the learning rate or the loss weights"
+            )
+        sum_gradients(self.params, self.runtime)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg["max_grad_norm"]:
+            torch.nn.utils.clip_grad_norm_(self.params, float(self.cfg["max_grad_norm"]))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        terms = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith("term/")}
+        return totals["loss"], terms
+
+    def evaluate(self) -> tuple[dict, dict]:
+        metrics, predictions, _ = evaluate(
+            self.setup.student, self.setup.dev_data, self.setup.task, int(self.cfg["eval_batch_size"]), self.runtime.autocast
+        )
+        self.setup.student.train()
+        return metrics, predictions
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self.resume()
+        progress = self.progress
+        main = self.runtime.is_main
+        writer = _tensorboard(self.setup.run_dir, bool(self.cfg["tensorboard"]) and main)
+        label = f"{self.setup.config['task']} {self.setup.config.get('method') or 'finetune'}"
+        bar = _progress_bar(self.total_steps, progress.step, bool(self.cfg["progress"]) and main, label)
+        final_eval = None
+        with _TerminationFlag() as termination:
+            try:
+                self.setup.student.train()
+                while progress.step < self.total_steps:
+                    started = time.perf_counter()
+                    epoch, position = divmod(progress.step, self.steps_per_epoch)
+                    order = epoch_order(self.num_examples, self.seed, epoch)
+                    indices = order[position * self.batch_size:(position + 1) * self.batch_size].tolist()
+                    loss, terms = self.train_step(indices)
+                    progress.step += 1
+                    progress.examples_seen += len(indices)
+                    progress.train_seconds += time.perf_counter() - started
+                    progress.add_step(loss, terms)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    if writer is not None:
+                        writer.add_scalar("train/loss", loss, progress.step)
+                        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], progress.step)
+                    last = progress.step == self.total_steps
+                    if progress.step % self.eval_every == 0 or last:
+                        entry = progress.close_window(self.steps_per_epoch)
+                        if self.setup.evaluate_dev:
+                            metrics, predictions = self.evaluate()
+                            entry["dev"] = metrics
+                            self._log_metrics(writer, metrics, progress.step)
+                            task = self.setup.task
+                            if progress.best is None or selection_value(task, metrics) > selection_value(task, progress.best["metrics"]):
+                                progress.best = {"step": progress.step, "metrics": metrics}
+                                progress.best_predictions = predictions
+                            if last:
+                                final_eval = (metrics, predictions)
+                        progress.history.append(entry)
+                    if not last and (progress.step % self.checkpoint_every == 0 or termination.raised):
+                        self.save()
+                    if termination.raised and not last:
+                        raise Preempted(
+                            f"stopped by SIGTERM after step {progress.step}/{self.total_steps}; checkpoint saved in "
+                            f"{ckpt.latest_path(self.setup.run_dir)}: run the same command again to resume"
+                        )
+            finally:
+                bar.close()
+                if writer is not None:
+                    writer.close()
+        return TrainResult(
+            history=progress.history,
+            final={"step": progress.step, "metrics": final_eval[0]} if final_eval else None,
+            best=progress.best,
+            final_predictions=final_eval[1] if final_eval else None,
+            best_predictions=progress.best_predictions,
+            train_seconds=progress.train_seconds,
+            examples_seen=progress.examples_seen,
+            steps=progress.step,
         )
 
-    writer = _tensorboard(setup.run_dir, bool(cfg["tensorboard"]))
-    bar = _progress(total_steps, step, bool(cfg["progress"]), f"{setup.config['task']} {setup.config.get('method') or 'finetune'}")
-    final_eval = None
-    with _TerminationFlag() as termination:
-        try:
-            setup.student.train()
-            order = epoch_order(num_examples, seed, step // steps_per_epoch)
-            while step < total_steps:
-                started = time.perf_counter()
-                epoch, position = divmod(step, steps_per_epoch)
-                if position == 0:
-                    order = epoch_order(num_examples, seed, epoch)
-                indices = order[position * batch_size:(position + 1) * batch_size].tolist()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss, step_terms = 0.0, {}
-                for start in range(0, len(indices), micro):
-                    chunk = indices[start:start + micro]
-                    if not chunk:
-                        continue
-                    batch = setup.train_data.batch(chunk)
-                    loss, terms = setup.step_loss(batch)
-                    if not torch.isfinite(loss):
-                        raise CkdError(
-                            f"non-finite loss ({loss.item()}) at step {step + 1} (terms: {terms}); stopped. "
-                            f"The last good checkpoint is in {ckpt.latest_path(setup.run_dir)}: lower the learning rate or the loss weights"
-                        )
-                    (loss * (len(chunk) / len(indices))).backward()
-                    step_loss += loss.item() * len(chunk) / len(indices)
-                    for name, value in terms.items():
-                        step_terms[name] = step_terms.get(name, 0.0) + value * len(chunk) / len(indices)
-                if cfg["max_grad_norm"]:
-                    torch.nn.utils.clip_grad_norm_(params, float(cfg["max_grad_norm"]))
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                examples_seen += len(indices)
-                train_seconds += time.perf_counter() - started
-                window_loss += step_loss
-                window_batches += 1
-                for name, value in step_terms.items():
-                    window_terms[name] = window_terms.get(name, 0.0) + value
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
-                if writer is not None:
-                    writer.add_scalar("train/loss", step_loss, step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+    @staticmethod
+    def _log_metrics(writer, metrics: dict[str, dict[str, float]], step: int) -> None:
+        if writer is None:
+            return
+        for split, values in metrics.items():
+            for metric, value in values.items():
+                writer.add_scalar(f"{split}/{metric}", value, step)
 
-                if step % eval_every == 0 or step == total_steps:
-                    entry = {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 4),
-                        "train_loss": window_loss / max(1, window_batches),
-                        "loss_terms": {k: v / max(1, window_batches) for k, v in window_terms.items()},
-                    }
-                    window_loss, window_terms, window_batches = 0.0, {}, 0
-                    if setup.evaluate_dev:
-                        metrics, predictions, _ = evaluate(setup.student, setup.dev_data, setup.task, int(cfg["eval_batch_size"]))
-                        setup.student.train()
-                        entry["dev"] = metrics
-                        if writer is not None:
-                            for split, values in metrics.items():
-                                for metric, value in values.items():
-                                    writer.add_scalar(f"{split}/{metric}", value, step)
-                        if best is None or selection_value(setup.task, metrics) > selection_value(setup.task, best["metrics"]):
-                            best = {"step": step, "metrics": metrics}
-                            best_predictions = predictions
-                        if step == total_steps:
-                            final_eval = (metrics, predictions)
-                    history.append(entry)
-                if step < total_steps and (step % checkpoint_every == 0 or termination.raised):
-                    save(step)
-                if termination.raised and step < total_steps:
-                    raise Preempted(
-                        f"stopped by SIGTERM after step {step}/{total_steps}; checkpoint saved in "
-                        f"{ckpt.latest_path(setup.run_dir)}: run the same command again to resume"
-                    )
-        finally:
-            bar.close()
-            if writer is not None:
-                writer.close()
 
-    final, final_predictions = None, None
-    if final_eval is not None:  # the last step is always evaluated when the run evaluates at all
-        final = {"step": step, "metrics": final_eval[0]}
-        final_predictions = final_eval[1]
-    return TrainResult(
-        history=history,
-        final=final,
-        best=best,
-        final_predictions=final_predictions,
-        best_predictions=best_predictions,
-        train_seconds=train_seconds,
-        examples_seen=examples_seen,
-        steps=step,
-    )
+def train(setup: TrainSetup) -> TrainResult:
+    return Trainer(setup).run()

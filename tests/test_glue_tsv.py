@@ -133,7 +133,7 @@ RTE_HEADER = "index\tsentence1\tsentence2\tlabel\n"
     ("0\tA man sleeps.\t  \tentailment\n", 2, r"empty text in column 'sentence2'"),
 ])
 def test_malformed_rte_rows(tmp_path, body, line, message):
-    path = _write(tmp_path / "RTE" / "train.tsv", RTE_HEADER + body)
+    _write(tmp_path / "RTE" / "train.tsv", RTE_HEADER + body)
     with pytest.raises(DataError, match=rf"RTE/train\.tsv: line {line}: {message}"):
         read_glue_split("rte", "train", tmp_path)
 

@@ -65,6 +65,8 @@ def _plan_methods():
         if name in document["methods"]:
             _fail(f"variants.{name}: the name is already a method of {document['_path']}; pick another")
     methods = {name: _method(name, document) for name in names}
+    for name in config["variants"]:  # checked even when no student runs them
+        _method(name, document)
     # A chained method's first stage (TinyBERT stage 1) is a run of its own.
     for method in list(methods.values()):
         if method.after and method.after not in methods:

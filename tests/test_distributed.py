@@ -1,0 +1,67 @@
+"""Multi-process training (torchrun, gloo on CPU) and mixed precision."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ARGS = [
+    "task=syn-pair", "model.init=random", "model.tokenizer=synthetic", "model.layers=2", "model.hidden=32", "model.heads=4",
+    "model.ffn=64", "model.dropout=0", "train.epochs=2", "train.lr=1e-3", "train.batch_size=32", "train.progress=false",
+    "train.tensorboard=false", "train.threads=1", "data.max_length=32", "data.synthetic_train_size=256",
+    "data.synthetic_dev_size=128",
+]
+TOLERANCE = 1e-4  # one process vs two: the same examples and updates, only the summation order differs
+
+
+def _run(command, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _record(folder: Path) -> dict:
+    return json.loads((folder / "record.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    _run([sys.executable, "-m", "ckd.cli", "finetune", *ARGS, f"output_dir={tmp_path / 'one'}"], tmp_path)
+    _run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ckd.cli", "finetune", *ARGS, f"output_dir={tmp_path / 'two'}"], tmp_path)
+    one, two = _record(tmp_path / "one"), _record(tmp_path / "two")
+    assert one["runtime"]["world_size"] == 1 and two["runtime"]["world_size"] == 2
+    assert one["timing"]["train_steps"] == two["timing"]["train_steps"] == 16  # global batch kept at 32
+    for a, b in zip(one["history"], two["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=TOLERANCE)
+        assert a["dev"]["dev"]["accuracy"] == pytest.approx(b["dev"]["dev"]["accuracy"], abs=1 / 128)
+    assert not (tmp_path / "two" / "checkpoints").exists()
+
+
+def test_bf16_autocast_on_cpu_trains_and_is_recorded(tmp_path):
+    from ckd.config import resolve_config
+    from ckd.runs import execute
+
+    config = resolve_config("finetune", None, [*ARGS, "train.epochs=1", "train.precision=bf16", f"output_dir={tmp_path / 'bf16'}"])
+    record = execute("finetune", config)
+    assert record["runtime"]["precision"] == "bf16"
+    losses = [h["train_loss"] for h in record["history"]]
+    assert all(0 < loss < 5 for loss in losses)
+    reference = execute("finetune", resolve_config("finetune", None, [*ARGS, "train.epochs=1", f"output_dir={tmp_path / 'fp32'}"]))
+    # bf16 rounds activations to 8 bits of mantissa: close to fp32, not identical
+    assert losses[0] == pytest.approx(reference["history"][0]["train_loss"], rel=0.05)
+    assert losses[0] != reference["history"][0]["train_loss"]
+
+
+def test_fp16_on_cpu_is_refused(tmp_path):
+    from ckd.config import resolve_config
+    from ckd.errors import ConfigError
+    from ckd.runs import execute
+
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        execute("finetune", resolve_config("finetune", None, [*ARGS, "train.precision=fp16", f"output_dir={tmp_path / 'x'}"]))
