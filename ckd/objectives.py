@@ -114,6 +114,8 @@ class TermKind:
     layer_map: bool = False    # needs the method's layer map
 
 
+SAME_WIDTH_TERMS = ("pkd", "distilbert_cosine")
+
 TERMS: dict[str, TermKind] = {
     "task": TermKind(_task, teacher=False),
     "kd": TermKind(_kd),
@@ -170,6 +172,12 @@ class Objective(nn.Module):
                         f"(teacher {t}, student {s}): give the student {t} heads or choose another method"
                     )
         for term, _ in self.terms:
+            if term.name in SAME_WIDTH_TERMS and teacher_config.hidden_size != student_config.hidden_size:
+                raise ModelError(
+                    f"method {method.name!r} compares hidden vectors directly (term {term.name}): teacher width "
+                    f"{teacher_config.hidden_size} != student width {student_config.hidden_size}; use a student with hidden size "
+                    f"{teacher_config.hidden_size} or a relation-based method (CKD)"
+                )
             if term.name == "wr_triple":
                 _check_window(term.options.get("window", relations.DEFAULT_WINDOW), method.name)
         self.embedding_projection = self.hidden_projection = None
