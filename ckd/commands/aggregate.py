@@ -8,7 +8,9 @@ EXAMPLE = """example:
   ckd aggregate --study-dir results/smoke
   ckd aggregate --study-dir results/paper --score best --baseline kd --bootstrap 10000 --expected expected.json
 Writes main, paper_delta, ablation and significance as .csv/.md/.tex, plus missing.md and runs.csv.
---expected: JSON list of {"task", "student", "method", "seed"} (teacher runs: method "teacher")."""
+--expected: JSON list of {"task", "student", "method", "seed"[, "config_fingerprint"]} (teacher runs: method
+"teacher"); config_fingerprint is what ckd.config.run_fingerprint gives for the run's command.
+A record with another fingerprint is stale: left out of the tables and listed in missing.md."""
 
 
 def register(subparsers) -> None:
@@ -26,7 +28,10 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap (default: 0)")
     parser.add_argument("--alternative", choices=("greater", "two-sided"), default="greater",
                         help="one-sided (method beats the baseline) or two-sided test (default: greater)")
-    parser.add_argument("--expected", help="JSON list of the study's expected runs, for missing.md")
+    parser.add_argument("--expected", help="JSON list of the study's expected runs, for missing.md; entries with a "
+                        "config_fingerprint also mark records made with another config as stale")
+    parser.add_argument("--include-stale", action="store_true",
+                        help="tabulate records whose config_fingerprint differs from the --expected one (default: leave them out)")
     parser.set_defaults(handler=handle)
 
 
@@ -36,6 +41,7 @@ def handle(args: argparse.Namespace) -> int:
     written = aggregate_study(
         args.study_dir, args.out, score=args.score, reference=args.reference, baseline=args.baseline,
         n_boot=args.bootstrap, seed=args.seed, alternative=args.alternative, expected=args.expected,
+        include_stale=args.include_stale,
     )
     for path in written:
         print(path)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ckd.commands._run_args import add_run_config_arguments
-from ckd.config import resolve_config
+from ckd.commands._run_args import add_parser, resolved_config
 
 EXAMPLE = """example:
   ckd cache-logits -c distill.yaml --out results/try/rte-teacher/train_logits.pt
@@ -14,23 +13,14 @@ The file records the training data's fingerprint; distill refuses a file made fo
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "cache-logits", help="cache a teacher's training-set logits", description=__doc__.split("`: ")[1],
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_run_config_arguments(parser)
+    parser = add_parser(subparsers, "cache-logits", __doc__, "cache a teacher's training-set logits", EXAMPLE)
     parser.add_argument("--out", required=True, help="where to write the logits file (.pt)")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    config = resolve_config("cache_logits", args.config, args.overrides)
-    if args.print_config:
-        import sys
-
-        import yaml
-
-        yaml.safe_dump(config, sys.stdout, sort_keys=False)
+    config = resolved_config("cache_logits", args)
+    if config is None:
         return 0
     from ckd.data import encode_split, get_task, load_split
     from ckd.data.loading import data_fingerprint
