@@ -29,6 +29,10 @@ include: "workflow/rules/aggregate.smk"
 report: "workflow/report/workflow.rst"
 
 
+onstart:
+    print(data_note())
+
+
 # The run records are targets too: a deleted record.json is re-made (and the tables and plots after
 # it) even though the tables that read it are still present.
 rule all:

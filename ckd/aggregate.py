@@ -244,7 +244,10 @@ def _changes(runs: list[dict], base_runs: list[dict]) -> str:
 # ---------------------------------------------------------------- main table
 
 
-def main_table(groups: dict[RowKey, list[dict]], columns: list[Column], score: str, study: str) -> Table:
+def main_table(groups: dict[RowKey, list[dict]], columns: list[Column], score: str, study: str,
+               placeholders: Iterable[RowKey] = ()) -> Table:
+    """`placeholders`: rows the study expects but has no finished run of (shown with every cell missing)."""
+    groups = {**groups, **{key: [] for key in placeholders if key not in groups}}
     avg_name = "GLUE avg" if all(c.task in PAPER_TASK_ORDER for c in columns) else "Avg"
     header = ["Model", "Params", "Method"] + [c.name for c in columns] + [avg_name]
     rows, records = [], []
@@ -541,37 +544,98 @@ def _layout_identity(run_dir: Path, study_dir: Path) -> tuple | None:
     return None
 
 
-def read_expected(path: str | Path) -> set[tuple]:
+def read_expected(path: str | Path) -> dict[tuple, str | None]:
+    """(task, student, method, seed) -> the config_fingerprint the study expects for that run (None: any)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the expected-runs list ({exc})") from exc
+        raise ConfigError(f"{path}: cannot read the expected-runs list ({exc}); regenerate it with the workflow") from exc
     items = data.get("runs") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise ConfigError(f"{path}: expected a list of runs (or {{\"runs\": [...]}})")
-    expected = set()
+    expected: dict[tuple, str | None] = {}
     for i, item in enumerate(items):
+        fingerprint = None
         if isinstance(item, dict) and all(k in item for k in ("task", "student", "method", "seed")):
+            fingerprint = item.get("config_fingerprint")
             item = (item["task"], item["student"], item["method"], item["seed"])
         if not (isinstance(item, (list, tuple)) and len(item) == 4 and isinstance(item[3], int)):
-            raise ConfigError(f"{path}: entry {i} must be {{task, student, method, seed}} with an integer seed, got {item!r}")
-        expected.add((_task(item[0]).name, str(item[1]), str(item[2]), int(item[3])))
+            raise ConfigError(f"{path}: entry {i} must be {{task, student, method, seed}} with an integer seed, got {item!r}; "
+                              "fix or regenerate the list")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise ConfigError(f"{path}: entry {i}: config_fingerprint must be a string, got {fingerprint!r}")
+        expected[(_task(item[0]).name, str(item[1]), str(item[2]), int(item[3]))] = fingerprint
     return expected
 
 
-def missing_runs(study_dir: Path, records: list[dict], expected: set[tuple] | None, study: str | None = None) -> Table:
+def run_identity(record: dict, study_dir: Path) -> tuple:
+    """(task, student, method, seed) of a record: from its folder when it follows the study layout."""
+    ident = _layout_identity(Path(record["_path"]).parent, study_dir)
+    if ident is None:
+        ident = (record["task"], model_name(record), row_method(record), record["seed"])
+    return (_task(ident[0]).name,) + tuple(ident[1:])
+
+
+def split_stale(records: list[dict], expected: dict[tuple, str | None] | None, study_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(current, stale): a record is stale when the study expects another config_fingerprint for its run."""
+    if not expected:
+        return list(records), []
+    current, stale = [], []
+    for record in records:
+        wanted = expected.get(run_identity(record, study_dir))
+        if wanted is not None and record.get("config_fingerprint") != wanted:
+            stale.append(record)
+        else:
+            current.append(record)
+    return current, stale
+
+
+def _short(fingerprint) -> str:
+    return str(fingerprint)[:12] if fingerprint else "none"
+
+
+def _run_logs(study_dir: Path) -> dict[tuple, Path]:
+    """The workflow's per-run logs: logs/runs/<task>/<student>/<method>/seed<k>.log, logs/teachers/<task>/<teacher>/seed<k>.log."""
+    logs = {}
+    for pattern, teacher in (("logs/runs/*/*/*/seed*.log", False), ("logs/teachers/*/*/seed*.log", True)):
+        for path in study_dir.glob(pattern):
+            parts = path.relative_to(study_dir).parts
+            match = _SEED_DIR.match(path.stem)
+            if not match:
+                continue
+            try:
+                task = _task(parts[2]).name
+            except CkdError:
+                continue
+            method = TEACHER_METHOD if teacher else parts[4]
+            logs[(task, parts[3], method, int(match.group(1)))] = path
+    return logs
+
+
+def _last_error(log: Path) -> str | None:
+    """The `ckd <command>: error: ...` line a failed run left in its log."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line.split(": error: ", 1)[1].strip() for line in lines if line.startswith("ckd ") and ": error: " in line]
+    return errors[-1] if errors else None
+
+
+def missing_runs(study_dir: Path, records: list[dict], expected: dict[tuple, str | None] | None, study: str | None = None,
+                 stale: list[dict] = (), include_stale: bool = False) -> Table:
     present, started = {}, set()
     for record in records:
-        ident = _layout_identity(Path(record["_path"]).parent, study_dir)
-        if ident is None:
-            ident = (record["task"], model_name(record), row_method(record), record["seed"])
-        present[(_task(ident[0]).name,) + ident[1:]] = record
+        present[run_identity(record, study_dir)] = record
+    stale_runs = {run_identity(r, study_dir): r for r in stale}
     for pattern in ("runs/*/*/*/seed*", "teachers/*/*/seed*"):
         for run_dir in study_dir.glob(pattern):
             ident = _layout_identity(run_dir, study_dir)
             if ident and run_dir.is_dir() and not (run_dir / "record.json").exists():
-                started.add(ident)
+                started.add((_task(ident[0]).name,) + ident[1:])
+    logs = _run_logs(study_dir)
+    started |= {key for key in logs if key not in present}
     if expected is not None:
         grid, how = set(expected), "the runs listed in the --expected file"
     else:
@@ -585,16 +649,34 @@ def missing_runs(study_dir: Path, records: list[dict], expected: set[tuple] | No
             tasks, seeds = {k[0] for k in subset}, {k[3] for k in subset}
             grid |= {(t, s, m, seed) for s, m in rows for t in tasks for seed in seeds}
     holes = sorted(grid - set(present), key=lambda k: (task_sort_key(k[0]), k[1], method_sort_key(k[2]), k[3]))
+
+    def status(key: tuple) -> str:
+        if key in stale_runs:
+            found = stale_runs[key].get("config_fingerprint")
+            return (f"stale: finished with another config (fingerprint {_short(found)}, study expects "
+                    f"{_short(expected[key])}); left out of the tables: delete its folder and re-run it, or pass --include-stale")
+        if key in started:
+            log = logs.get(key)
+            if log is None:
+                return "started, no record.json (failed or still running)"
+            error = _last_error(log)
+            where = log.relative_to(study_dir).as_posix()
+            return f"failed: {error} (log: {where})" if error else f"started, no record.json (failed or still running; log: {where})"
+        return "not started"
+
     header = ["Task", "Model", "Method", "Seed", "Status"]
-    rows = [[t, s, m, str(seed), "started, no record.json (failed or still running)" if (t, s, m, seed) in started
-             else "not started"] for t, s, m, seed in holes]
+    rows = [[t, s, m, str(seed), status((t, s, m, seed))] for t, s, m, seed in holes]
     frame = pd.DataFrame(rows, columns=["task", "student", "method", "seed", "status"])
+    n_stale = sum(r[4].startswith("stale") for r in rows)
     caption = [
         f"Grid: {how}.",
         f"{len(grid)} expected, {len(grid & set(present))} finished, {len(holes)} missing "
-        f"({sum(r[4] != 'not started' for r in rows)} started without a record).",
+        f"({sum(r[4].startswith(('started', 'failed')) for r in rows)} started without a record, {n_stale} stale).",
     ]
     notes = [] if rows else ["No missing runs."]
+    if include_stale and stale:
+        notes.append(f"{len(stale)} stale run(s) included in the tables (--include-stale): "
+                     + "; ".join(f"{t}/{s}/{m}/seed{seed}" for t, s, m, seed in sorted(stale_runs)))
     if expected is not None:
         extra = sorted(set(present) - grid, key=lambda k: (task_sort_key(k[0]), k[1], method_sort_key(k[2]), k[3]))
         if extra:
@@ -677,8 +759,14 @@ def aggregate_study(
     seed: int = 0,
     alternative: str = "greater",
     expected: str | Path | None = None,
+    include_stale: bool = False,
 ) -> list[Path]:
-    """Write every table of a study; returns the files written."""
+    """Write every table of a study; returns the files written.
+
+    With `expected` entries that carry a `config_fingerprint`, a record whose fingerprint differs is
+    stale (made with another config) and is left out of the tables and listed in missing.md, unless
+    `include_stale`.
+    """
     if score not in SCORES:
         raise ConfigError(f"--score must be one of {', '.join(SCORES)}, not {score!r}")
     if n_boot < 1:
@@ -690,11 +778,21 @@ def aggregate_study(
         raise CkdError(f"{study_dir}: no record.json under teachers/ or runs/; run the study first")
     ref = load_reference(reference or DEFAULT_REFERENCE)
     expected_runs = read_expected(expected) if expected is not None else None
+    current, stale = split_stale(records, expected_runs, study_dir)
+    if not include_stale:
+        if not current:
+            raise CkdError(
+                f"{study_dir}: all {len(stale)} record(s) are stale (their config_fingerprint differs from {expected}): "
+                "re-run the study, or pass --include-stale to tabulate them anyway"
+            )
+        records = current
     groups = group_records(records)
-    columns = study_columns(r["task"] for r in records)
+    columns = study_columns([r["task"] for r in records] + [key[0] for key in expected_runs or ()])
+    placeholders = sorted({("teacher" if m == TEACHER_METHOD else "student", s, m) for _, s, m, _ in expected_runs or ()} - set(groups),
+                          key=lambda k: (k[0] != "teacher", k[1], method_sort_key(k[2])))
     study = next((r["study"] for r in records if r.get("study")), study_dir.name)
     tables = [
-        main_table(groups, columns, score, study),
+        main_table(groups, columns, score, study, placeholders),
         paper_delta_table(groups, columns, score, ref, study),
         ablation_table(groups, columns, score, study),
         significance_table(groups, columns, score, baseline, n_boot=n_boot, seed=seed, alternative=alternative,
@@ -703,7 +801,9 @@ def aggregate_study(
     written = []
     for table in tables:
         written += write_table(table, out_dir)
-    written += write_table(missing_runs(study_dir, records, expected_runs, study), out_dir, ("md", "csv"))
+    missing = missing_runs(study_dir, current if not include_stale else records, expected_runs, study,
+                           stale=stale, include_stale=include_stale)
+    written += write_table(missing, out_dir, ("md", "csv"))
     runs = records_frame(records)
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     written.append(out_dir / "runs.csv")

@@ -1,14 +1,42 @@
-"""Atomic file output: write to a temporary name in the same folder, then rename."""
+"""Atomic file output: write to a temporary name in the same folder, then rename.
+
+A reader therefore sees either the previous complete file/folder or the new complete one, never a
+partial one, whenever the writer is killed. Temporaries are named `.<name>.<random>.tmp`; a folder
+being replaced is moved aside to `.<name>.old` for the moment between the two renames.
+Write failures (disk full, no permission) become an `OutputError` naming the path, with nothing left behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from ckd.errors import CkdError
+from ckd.pause import pause_point
+
+TMP_SUFFIX = ".tmp"
+OLD_SUFFIX = ".old"
+
+
+class OutputError(CkdError):
+    """A result file or folder could not be written (disk full, no permission, ...)."""
+
+
+def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"cannot write {path}: disk full ({exc.strerror or 'no space left on device'}); no partial file was left. "
+            "Free space there (or point the output elsewhere) and run the same command again"
+        )
+    return OutputError(
+        f"cannot write {path}: {exc.strerror or exc}; no partial file was left. Check that the folder is writable and run the same command again"
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -24,19 +52,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(folder, exc) from exc
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _mkdir(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        pause_point(f"file-write:{path.name}")
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from exc
         raise
     _fsync_dir(path.parent)
 
@@ -49,24 +97,70 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def _old_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{OLD_SUFFIX}")
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `path` in one rename."""
+    """Yield a temporary sibling folder; on success it replaces `path` (see `recover_directory`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _mkdir(path.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
+    except OSError as exc:
+        raise output_error(path, exc) from exc
     try:
         yield tmp
+        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync_file(file)
+        pause_point(f"dir-write:{path.name}")
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _old_path(path)
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
+            pause_point(f"dir-swap:{path.name}")
             os.replace(tmp, path)
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from exc
         raise
+
+
+def recover_directory(path: str | os.PathLike) -> bool:
+    """Undo a replacement interrupted between its two renames: put the previous folder back. True if it did."""
+    path = Path(path)
+    old = _old_path(path)
+    if path.exists() or not old.is_dir():
+        return False
+    try:
+        os.replace(old, path)
+    except FileNotFoundError:  # another process of the same run recovered it first
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete what killed atomic writers left in `folder` (not below it); returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        name = entry.name
+        stale_tmp = name.startswith(".") and name.endswith(TMP_SUFFIX)
+        stale_old = name.startswith(".") and name.endswith(OLD_SUFFIX) and (folder / name[1:-len(OLD_SUFFIX)]).exists()
+        if stale_tmp or stale_old:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ckd.atomic import atomic_directory
+from ckd.atomic import OutputError, atomic_directory, recover_directory, remove_stale_temporaries
 from ckd.errors import CkdError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -35,11 +36,23 @@ def latest_path(run_dir: Path) -> Path:
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     """Replace the latest checkpoint in one rename; a kill mid-write leaves the previous one intact."""
-    with atomic_directory(latest_path(run_dir)) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp / STATE_FILE)
+    target = latest_path(run_dir)
+    with atomic_directory(target) as tmp:
+        try:
+            torch.save({"format_version": FORMAT_VERSION, **state}, tmp / STATE_FILE)
+        except RuntimeError as exc:  # torch's writer reports a failed write (e.g. disk full) as RuntimeError
+            if "write" not in str(exc).lower():
+                raise
+            raise OutputError(
+                f"cannot write checkpoint {target / STATE_FILE}: the write failed (disk full?); the previous checkpoint "
+                "is kept. Free space there and run the same command again"
+            ) from exc
 
 
 def load_checkpoint(run_dir: Path, config_fingerprint: str) -> dict[str, Any] | None:
+    if recover_directory(latest_path(run_dir)):
+        print(f"recovered checkpoint {latest_path(run_dir)} from an interrupted replacement", file=sys.stderr)
+    remove_stale_temporaries(run_dir / CHECKPOINT_DIR)
     path = latest_path(run_dir) / STATE_FILE
     if not path.is_file():
         return None

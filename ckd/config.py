@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ckd.errors import ConfigError
+from ckd.errors import CkdError, ConfigError
 
 DATA_DEFAULTS: dict[str, Any] = {
     "source": "auto",          # auto | glue_dir | hub | synthetic
@@ -131,17 +131,17 @@ def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any], where: str) ->
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist: check the -c path")
     try:
         data = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)}); fix the YAML syntax there") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}; write one `key: value` per line")
     return data
 
 
@@ -215,11 +215,28 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-RESULT_NEUTRAL = {"study": None, "train": ("progress", "tensorboard", "threads", "eval_batch_size")}
+# where a run is written, how it logs and what the study is called do not change its result
+RESULT_NEUTRAL = {"study": None, "output_dir": None, "train": ("progress", "tensorboard", "threads", "eval_batch_size")}
 
 
 def result_fingerprint(config: Mapping[str, Any]) -> str:
-    """Fingerprint of what determines a run's result (not its logging, threads or study label)."""
+    """Fingerprint of what determines a run's result (not its logging, threads, folder or study label).
+
+    The run record's `config_fingerprint`; a study computes the same value for the runs it expects
+    with `run_fingerprint` (the task is compared by its canonical name, so "SST-2" and "sst2" agree).
+    """
     relevant = {k: v for k, v in config.items() if k not in RESULT_NEUTRAL or RESULT_NEUTRAL[k] is not None}
     relevant["train"] = {k: v for k, v in config["train"].items() if k not in RESULT_NEUTRAL["train"]}
+    if relevant.get("task") is not None:
+        from ckd.data.tasks import get_task
+
+        try:
+            relevant["task"] = get_task(relevant["task"]).name
+        except CkdError:  # an unknown task fails later, with its own message
+            pass
     return fingerprint(relevant)
+
+
+def run_fingerprint(kind: str, overrides: list[str], config_file: str | Path | None = None) -> str:
+    """The `config_fingerprint` that `ckd <kind> [-c config_file] <overrides>` will write into its record."""
+    return result_fingerprint(resolve_config(kind, config_file, overrides))

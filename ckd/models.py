@@ -96,7 +96,9 @@ def validate_spec(spec: Mapping[str, Any], role: str) -> dict[str, Any]:
         if missing:
             raise ModelError(f"{role}: a random init needs {', '.join(missing)} (e.g. layers: 4, hidden: 312, heads: 12, ffn: 1200)")
         if spec["hidden"] % spec["heads"]:
-            raise ModelError(f"{role}: hidden {spec['hidden']} is not divisible by heads {spec['heads']}")
+            raise ModelError(
+                f"{role}: hidden {spec['hidden']} is not divisible by heads {spec['heads']}; make {role}.hidden a multiple of {role}.heads"
+            )
         if not (spec.get("tokenizer") or spec.get("name_or_path")):
             raise ModelError(f"{role}: a random init needs a tokenizer (a model reference or 'synthetic')")
     else:

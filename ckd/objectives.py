@@ -186,6 +186,26 @@ class Objective(nn.Module):
             self.embedding_projection = tinybert.TinyBertProjections(*widths, 1)
             self.hidden_projection = tinybert.TinyBertProjections(*widths, len(self.map.pairs) - 1, sharing="released")
 
+    def capture_layers(self, side: str) -> tuple[int, ...] | None:
+        """The 0-based attention layers whose Q/K/V the terms read on `side` ("teacher" or "student");
+        None when no term needs attention internals."""
+        if not self.needs_capture:
+            return None
+        layers: set[int] = set()
+        for term, _ in self.terms:
+            if term.name == "tinybert_attention":
+                layers.update(t if side == "teacher" else s for t, s in self.map.attention_pairs)
+            elif term.name in ("minilm_attention", "minilm_value"):
+                layers.add(-1)
+        return tuple(sorted(layers))
+
+    def teacher_hidden_layers(self, count: int) -> set[int]:
+        """Indices into the teacher's `count` hidden states that the terms read."""
+        used = set(self.map.teacher_indices) if self.map is not None else set()
+        if any(term.name == "distilbert_cosine" for term, _ in self.terms):
+            used.add(count - 1)
+        return used
+
     def forward(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> tuple[torch.Tensor, dict[str, float]]:
         total = None
         values: dict[str, float] = {}

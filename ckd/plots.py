@@ -328,8 +328,11 @@ def plot_cost(groups, columns: list[Column], score: str, out_dir: Path, log: Log
 
 
 def plot_study(study_dir: str | Path, out_dir: str | Path | None = None, *, score: str = "final",
-               log: Log = print) -> list[Path]:
-    """Draw every figure the study's records support; returns the files written."""
+               log: Log = print, expected: str | Path | None = None, include_stale: bool = False) -> list[Path]:
+    """Draw every figure the study's records support; returns the files written.
+
+    `expected`/`include_stale`: as for `ckd aggregate`, records made with another config are left out.
+    """
     if score not in SCORE_LABEL:
         raise CkdError(f"--score must be final or best, not {score!r}")
     study_dir = Path(study_dir)
@@ -337,6 +340,15 @@ def plot_study(study_dir: str | Path, out_dir: str | Path | None = None, *, scor
     records = load_records(study_dir)
     if not records:
         raise CkdError(f"{study_dir}: no record.json under teachers/ or runs/; run the study first")
+    if expected is not None and not include_stale:
+        from ckd.aggregate import read_expected, split_stale
+
+        records, stale = split_stale(records, read_expected(expected), study_dir)
+        if stale:
+            log(f"left out {len(stale)} stale record(s) (config_fingerprint differs from {expected}); --include-stale draws them")
+        if not records:
+            raise CkdError(f"{study_dir}: every record is stale (config_fingerprint differs from {expected}): "
+                           "re-run the study, or pass --include-stale")
     groups = group_records(records)
     columns = study_columns(r["task"] for r in records)
     written = []

@@ -42,7 +42,7 @@ def validate_record(record: Any, path: Path) -> None:
     if version != SCHEMA_VERSION:
         raise RecordError(
             f"{path}: schema_version {version!r} is not supported (this ckd reads {SCHEMA_VERSION}); "
-            "re-run aggregation with the ckd version that wrote it"
+            "aggregate it with the ckd version that wrote it, or re-run that run with this one"
         )
     metrics = record["metrics"]
     # null metrics: the run finished without a dev evaluation; its cells show as missing

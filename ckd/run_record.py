@@ -37,6 +37,19 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def determinism(runtime: dict[str, Any]) -> dict[str, Any]:
+    """Whether re-running the same command reproduces this record exactly (timings aside), and if not, why."""
+    if str(runtime["device"]).startswith("cpu"):
+        return {"deterministic": True, "determinism_note": None}
+    return {
+        "deterministic": False,
+        "determinism_note": (
+            f"trained on {runtime['device']}: GPU kernels (cuBLAS reductions, atomic adds in backward passes) are not "
+            "bit-reproducible, so a re-run can differ in the last digits; CPU runs are exact"
+        ),
+    }
+
+
 def predictions_payload(final: dict[str, dict[str, list]], best: dict[str, dict[str, list]] | None) -> dict[str, Any]:
     """Per dev split: gold labels, final-model predictions and best-on-dev predictions."""
     payload = {}
@@ -86,7 +99,7 @@ def build_record(*, kind, config, config_fingerprint, task, method, result, stud
             "eval_ms_per_example": round(eval_ms_per_example, 4) if eval_ms_per_example is not None else None,
         },
         "runtime": runtime,
-        "deterministic": runtime["device"] == "cpu",
+        **determinism(runtime),
         "versions": library_versions(),
         "git_commit": git_commit(),
         "data_fingerprint": data_fingerprints,

@@ -33,12 +33,54 @@ DEFAULT_LR = 5e-5
 DEFAULT_EPOCHS = 3
 
 
-def run_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, hidden: bool, capture: bool) -> Outputs:
+def run_forward(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, hidden: bool, capture: bool, capture_layers=None
+) -> Outputs:
     inputs = {k: batch[k] for k in MODEL_INPUTS}
-    recorder = AttentionCapture(model) if capture else nullcontext()
+    recorder = AttentionCapture(model, layers=capture_layers) if capture else nullcontext()
     with recorder:
         out = model(**inputs, output_hidden_states=hidden)
     return Outputs(logits=out.logits, hidden_states=out.hidden_states if hidden else None, capture=recorder if capture else None)
+
+
+def teacher_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], objective: Objective) -> Outputs:
+    """The teacher's outputs under inference_mode, with only what the objective reads (hidden states and
+    attention internals of the layers its terms use). Inference tensors cannot be saved for backward, so
+    the logits and the used hidden states are cloned out of it (a few MB); the attention scores losses
+    compute from the captured projections are ordinary tensors already."""
+    with torch.inference_mode():
+        out = run_forward(
+            model, batch, hidden=objective.needs_hidden, capture=objective.needs_capture,
+            capture_layers=objective.capture_layers("teacher"),
+        )
+    hidden = out.hidden_states
+    if hidden is not None:
+        used = objective.teacher_hidden_layers(len(hidden))
+        hidden = tuple(h.clone() if i in used else h for i, h in enumerate(hidden))
+    return Outputs(logits=out.logits.clone(), hidden_states=hidden, capture=out.capture)
+
+
+def make_step_loss(
+    objective: Objective, student: torch.nn.Module, teacher: torch.nn.Module | None = None,
+    cached_logits: torch.Tensor | None = None,
+):
+    """The loss of one batch as the training loop calls it: the student forward, the teacher's outputs
+    (cached logits for logit-only methods when given, else a teacher forward) and the objective."""
+
+    def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        student_out = run_forward(
+            student, batch, hidden=objective.needs_hidden, capture=objective.needs_capture,
+            capture_layers=objective.capture_layers("student"),
+        )
+        teacher_out = None
+        if objective.needs_teacher:
+            if cached_logits is not None:
+                teacher_out = Outputs(logits=cached_logits[batch["index"]])
+            else:
+                teacher_out = teacher_forward(teacher, batch, objective)
+        return objective(Batch(labels=batch["labels"], attention_mask=batch["attention_mask"]), student_out, teacher_out)
+
+    return step_loss
 
 
 def _load_data(config: dict[str, Any], task: Any) -> tuple[list, dict[str, list]]:
@@ -140,16 +182,7 @@ def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[st
     if teacher_built is not None and objective.logits_only and config.get("teacher_logits"):
         cached_logits = load_teacher_logits(config["teacher_logits"], fingerprints["train"], len(train_examples)).to(runtime.device)
 
-    def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        student_out = run_forward(student.model, batch, hidden=objective.needs_hidden, capture=objective.needs_capture)
-        teacher_out = None
-        if objective.needs_teacher:
-            if cached_logits is not None:
-                teacher_out = Outputs(logits=cached_logits[batch["index"]])
-            else:
-                with torch.no_grad():
-                    teacher_out = run_forward(teacher_built.model, batch, hidden=objective.needs_hidden, capture=objective.needs_capture)
-        return objective(Batch(labels=batch["labels"], attention_mask=batch["attention_mask"]), student_out, teacher_out)
+    step_loss = make_step_loss(objective, student.model, teacher_built.model if teacher_built else None, cached_logits)
 
     config_fp = result_fingerprint(config)
     if runtime.is_main:

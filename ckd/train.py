@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from ckd import checkpoint as ckpt
+from ckd.atomic import remove_stale_temporaries
 from ckd.distributed import Runtime, barrier, gather_objects, share_of, sum_across, sum_gradients
 from ckd.errors import CkdError
 from ckd.evaluation import evaluate, selection_value
+from ckd.pause import pause_point
 
 
 class Preempted(CkdError):
@@ -178,6 +180,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def resume(self) -> None:
+        if self.runtime.is_main:
+            remove_stale_temporaries(self.setup.run_dir)  # left by a run killed mid-write
         state = ckpt.load_checkpoint(self.setup.run_dir, self.setup.config_fingerprint)
         if state is None:
             return
@@ -238,7 +242,7 @@ class Trainer:
             )
             raise NonFiniteLoss(
                 f"non-finite loss ({totals['loss']}) at step {self.progress.step + 1}, not applied; {kept}. "
-                "Lower the learning rate or the loss weights"
+                "Lower train.lr or the loss weights (method_options.<setting>) and re-run in a new output_dir"
             )
         sum_gradients(self.params, self.runtime)
         if self.scaler:
@@ -255,6 +259,7 @@ class Trainer:
         return totals["loss"], terms
 
     def evaluate(self) -> tuple[dict, dict]:
+        pause_point("eval")
         metrics, predictions, _ = evaluate(
             self.setup.student, self.setup.dev_data, self.setup.task, int(self.cfg["eval_batch_size"]), self.runtime.autocast
         )
@@ -285,6 +290,7 @@ class Trainer:
                     progress.add_step(loss, terms)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    pause_point("train-step")
                     if writer is not None:
                         writer.add_scalar("train/loss", loss, progress.step)
                         writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], progress.step)

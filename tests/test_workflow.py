@@ -45,7 +45,7 @@ def job_counts(output: str) -> dict[str, int]:
 def smoke(tmp_path_factory) -> Path:
     """The smoke study (embedded default), run once with `snakemake --cores 2`; its results root."""
     results = tmp_path_factory.mktemp("workflow") / "results"
-    done = snakemake("--cores", "2", "--config", f"results_dir={results}")
+    done = snakemake("--cores", "2", "--config", f"results_dir={results}", timeout=1500)
     assert done.returncode == 0, done.stdout[-5000:]
     return results
 

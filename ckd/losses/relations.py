@@ -13,12 +13,17 @@ those of METHODS.md, "CKD relation losses":
                   / (K * sum_b n_b * w^2); ``window=None``: all valid i, j, k, / (K * sum_b n_b^3)
 * ``ltr_triple``: the same angles over the K layer vectors of each token, / (K^3 * sum_b n_b)
 
-Everything is computed from one Gram matrix per layer and side (angles via
-<h_j - h_i, h_k - h_i> = G_jk - G_ij - G_ik + G_ii): no (B, n, n, d), (B, n, w, d) or (B, n, n, n)
-tensor is ever built. The window triple gathers Gram entries into (K * B, block, w, w) tensors for
-blocks of centre tokens; the full triple (window=None) reduces the O(n^3) sum to batched matrix
-products over (K * B, n, n) tensors in float64. With several blocks, each block is recomputed in
-backward (activation checkpointing), so memory stays at a few block-sized tensors.
+Everything is computed from Gram matrices (angles via <h_j - h_i, h_k - h_i> = G_jk - G_ij - G_ik +
+G_ii): no (B, n, n, d), (B, n, w, d) or (B, n, n, n) tensor is ever built. WR terms take one
+(B, n, n) Gram matrix per layer and side; LTR terms one K x K matrix per valid token, built from
+cache-sized chunks of tokens (no (B, n, K, d) stack). The window triple gathers Gram entries into
+(B, block, w, w) tensors for blocks of centre tokens; the full triple (window=None) reduces the
+O(n^3) sum to batched matrix products over (B, n, n) tensors in float64.
+
+Memory: each term is one autograd node per layer (per term for LTR) that computes the gradient of
+the loss with respect to its small Gram matrices during the forward pass and keeps only that. Its
+backward maps it to the states with one more product (recomputing the centred or stacked vectors),
+so neither the (B, n, d)-sized copies nor the Gram-sized intermediates stay alive until backward.
 
 Half-precision inputs are computed in float32, float32/float64 as given; autocast is disabled inside.
 """
@@ -29,7 +34,6 @@ import contextlib
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 __all__ = ["wr_pair", "wr_triple", "ltr_pair", "ltr_triple", "RELATION_LOSSES", "DEFAULT_WINDOW"]
 
@@ -38,8 +42,10 @@ DEFAULT_WINDOW = 21  # the authors' released default
 # Logits are cosines in [-1, 1]; exp(-1e4) is exactly 0 in float32 and float64, so masked entries get
 # probability 0 without the NaNs that -inf produces in KL (and in its gradient).
 _MASK_FILL = -1e4
-# Target size of a block's intermediates (all layers and sentences, a block of centre tokens) in wr_triple.
+# Target size of a block's intermediates (one layer's sentences, a block of centre tokens) in wr_triple.
 _CHUNK_BYTES = 64 * 2**20
+# Target size of a chunk of tokens' stacked layer vectors in the LTR terms: small enough to stay in cache.
+_TOKEN_CHUNK_BYTES = 2 * 2**20
 # A squared difference below this fraction of |h_i|^2 + |h_j|^2 is rounding noise of the Gram trick:
 # the two points coincide and the angle is 0, as for j == i.
 _COINCIDE_EPS_FACTOR = 64
@@ -113,7 +119,18 @@ def _denominator(value: torch.Tensor) -> torch.Tensor:
     return value.clamp_min(1)
 
 
-# ----------------------------------------------------------------------------- shared pieces
+def _finite_padding(h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Padded positions with non-finite values (NaN/inf, or so large a row sum overflows) set to 0.
+
+    Padded rows take part in the Gram products (their entries are masked afterwards), so they must be
+    finite for 0 * value to be 0. Checking the row sums costs one read; the copy is made only if needed.
+    """
+    if bool(torch.where(valid, 0, h.sum(dim=-1)).isfinite().all()):
+        return h
+    return h.masked_fill(~valid.unsqueeze(-1), 0)
+
+
+# ----------------------------------------------------------------------------- shared numerics
 
 
 def _masked_kl(logits_t: torch.Tensor, logits_s: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -124,10 +141,15 @@ def _masked_kl(logits_t: torch.Tensor, logits_s: torch.Tensor, keep: torch.Tenso
     return torch.where(keep, log_pt.exp() * (log_pt - log_ps), 0).sum()
 
 
+def _inverse_norms(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Clamping before rsqrt (as F.normalize's eps does) keeps the gradient finite for zero vectors.
+    diag = gram.diagonal(dim1=-2, dim2=-1)
+    return diag.clamp_min(1e-24).rsqrt(), diag
+
+
 def _cosines(gram: torch.Tensor) -> torch.Tensor:
     """Cosine matrix from a Gram matrix (..., m, m); a zero vector has cosine 0 with everything."""
-    # Clamping before rsqrt (as F.normalize's eps does) keeps the gradient finite for zero vectors.
-    inv_norm = gram.diagonal(dim1=-2, dim2=-1).clamp_min(1e-24).rsqrt()
+    inv_norm, _ = _inverse_norms(gram)
     return gram * inv_norm.unsqueeze(-1) * inv_norm.unsqueeze(-2)
 
 
@@ -154,24 +176,121 @@ def _angles(g_jk: torch.Tensor, x: torch.Tensor, c: torch.Tensor) -> torch.Tenso
     return (g_jk - c.unsqueeze(-1) - c.unsqueeze(-2)) * (x.unsqueeze(-1) * x.unsqueeze(-2))
 
 
-def _centred_grams(
-    layers: list[torch.Tensor], valid: torch.Tensor, dtype: torch.dtype, zero_padding: bool
-) -> torch.Tensor:
-    """(K * B, n, n) Gram matrices of each layer's states, centred on the mean valid token.
+def _value_and_grad(fn: Callable[..., torch.Tensor], small: Sequence[torch.Tensor], need_grad: bool):
+    """fn(*small) and, if asked, its symmetrised gradient D + D^T with respect to each (small, square
+    in the last two dimensions) input, right away."""
+    if not need_grad:
+        return fn(*small), None
+    with torch.enable_grad():
+        leaves = [s.detach().requires_grad_() for s in small]
+        value = fn(*leaves)
+        grads = torch.autograd.grad(value, leaves, allow_unused=True)
+    return value.detach(), [torch.zeros_like(s) if g is None else g + g.transpose(-1, -2) for s, g in zip(small, grads)]
 
-    Angles only see differences, so centring is exact; it keeps Gram entries near the scale of the
-    differences, which limits cancellation in G_jj - 2 G_ij + G_ii.
+
+# ----------------------------------------------------------------------------- lean autograd node
+
+
+class _ThroughGrams(torch.autograd.Function):
+    """loss = value(grams.forward(states)) as one autograd node.
+
+    `grams` maps the large student states to small symmetric Gram matrices and back (`backward`);
+    `value(small, need_grad)` returns the loss and, when a gradient is needed, its symmetrised
+    gradient D + D^T (D = d loss / d small) computed at once, so that d loss / d X = (D + D^T) X for a
+    Gram matrix X X^T. Only the states (alive anyway) and that gradient are kept for backward.
     """
-    v = valid.unsqueeze(-1)
-    count = v.sum(dim=1, keepdim=True).clamp_min(1).to(dtype)
-    grams = []
-    for h in layers:
-        h = h.to(dtype)
-        centred = h - torch.where(v, h, 0).sum(dim=1, keepdim=True) / count
-        if zero_padding:
-            centred = torch.where(v, centred, 0)
-        grams.append(torch.bmm(centred, centred.transpose(1, 2)))
-    return torch.cat(grams, dim=0)
+
+    @staticmethod
+    def forward(ctx, grams, value, *states):
+        need_grad = any(ctx.needs_input_grad[2:])
+        loss, d_small = value(grams.forward(states), need_grad)
+        if need_grad:
+            ctx.grams, ctx.num_states = grams, len(states)
+            ctx.save_for_backward(*states, *d_small)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        saved = ctx.saved_tensors
+        states, d_small = saved[: ctx.num_states], saved[ctx.num_states:]
+        with _no_autocast(grad_loss.device):
+            grads = ctx.grams.backward(states, [d * grad_loss.to(d.dtype) for d in d_small])
+        return (None, None, *grads)
+
+
+class _TokenGram:
+    """One layer's (B, n, n) Gram matrix of its token vectors: raw (padding as given, masked later),
+    or centred on the mean valid token with padding zeroed (or kept, for the released quirks).
+
+    Centring is exact for angles and keeps Gram entries near the scale of the differences, which
+    limits cancellation in G_jj - 2 G_ij + G_ii.
+    """
+
+    def __init__(self, valid: torch.Tensor, dtype: torch.dtype, *, centre: bool = False, zero_padding: bool = True):
+        self.dtype, self.centre, self.zero_padding = dtype, centre, zero_padding
+        self.pad = ~valid.unsqueeze(-1)
+        self.weights = valid.to(dtype).unsqueeze(1)  # (B, 1, n): sums over valid tokens as products
+        self.count = self.weights.sum(dim=-1, keepdim=True).clamp_min(1)
+
+    def vectors(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.to(self.dtype)
+        if not self.centre:
+            return h
+        x = h - torch.bmm(self.weights, h) / self.count
+        return x.masked_fill_(self.pad, 0) if self.zero_padding else x
+
+    def forward(self, states):
+        x = self.vectors(states[0])
+        return (torch.bmm(x, x.transpose(1, 2)),)
+
+    def backward(self, states, d_small):
+        gx = torch.bmm(d_small[0], self.vectors(states[0]))
+        if self.centre:  # back through x = mask * (h - mean of valid h)
+            if self.zero_padding:
+                gx.masked_fill_(self.pad, 0)
+            gx -= self.weights.transpose(1, 2) * (gx.sum(dim=1, keepdim=True) / self.count.transpose(1, 2))
+        return (gx.to(states[0].dtype),)
+
+
+class _LayerGram:
+    """Per valid token, the K x K Gram matrix of its K mapped-layer vectors (centred over the layers
+    if asked): an (N_valid, K, K) tensor built from cache-sized chunks of tokens."""
+
+    def __init__(self, valid: torch.Tensor, dtype: torch.dtype, num_layers: int, width: int, *, centre: bool):
+        self.dtype, self.centre, self.num_layers = dtype, centre, num_layers
+        self.index = valid.flatten().nonzero().squeeze(1)
+        size = max(1, _TOKEN_CHUNK_BYTES // (num_layers * width * torch.finfo(dtype).bits // 8))
+        self.spans = [(start, min(start + size, len(self.index))) for start in range(0, len(self.index), size)]
+
+    def _vectors(self, flat: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:  # (c, K, d)
+        idx = self.index[start:stop]
+        e = torch.stack([h.index_select(0, idx) for h in flat], dim=1).to(self.dtype)
+        return e - e.mean(dim=1, keepdim=True) if self.centre else e
+
+    @staticmethod
+    def _flat(states):
+        return [h.reshape(-1, h.shape[-1]) for h in states]
+
+    def forward(self, states):
+        flat = self._flat(states)
+        out = torch.empty(len(self.index), self.num_layers, self.num_layers, dtype=self.dtype, device=self.index.device)
+        for start, stop in self.spans:
+            e = self._vectors(flat, start, stop)
+            torch.bmm(e, e.transpose(1, 2), out=out[start:stop])
+        return (out,)
+
+    def backward(self, states, d_small):
+        flat = self._flat(states)
+        sym = d_small[0]
+        grads = [torch.zeros_like(h) for h in flat]
+        for start, stop in self.spans:
+            ge = torch.bmm(sym[start:stop], self._vectors(flat, start, stop))
+            if self.centre:
+                ge -= ge.mean(dim=1, keepdim=True)
+            idx = self.index[start:stop]
+            for layer, g in enumerate(grads):
+                g.index_copy_(0, idx, ge[:, layer].to(g.dtype))
+        return [g.view_as(h) for g, h in zip(grads, states)]
 
 
 # ----------------------------------------------------------------------------- public losses
@@ -184,18 +303,48 @@ def wr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
     n = valid.shape[1]
     dtype = _compute_dtype(student[0])
     with _no_autocast(valid.device):
-        v = valid.unsqueeze(-1)
-        keep = valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(n, dtype=torch.bool, device=valid.device)
+        drop = ~(valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(n, dtype=torch.bool, device=valid.device))
+        any_kept = (~drop).any(dim=-1, keepdim=True).to(dtype)  # (B, n, 1): rows with a softmax at all
+        grams = _TokenGram(valid, dtype)
         total = None
         for t, s in zip(teacher, student):
             with torch.no_grad():
-                t = torch.where(v, t.to(dtype), 0)
-                cos_t = _cosines(torch.bmm(t, t.transpose(1, 2)))
-            s = torch.where(v, s.to(dtype), 0)
-            kl = _masked_kl(cos_t, _cosines(torch.bmm(s, s.transpose(1, 2))), keep)
+                t = _finite_padding(t.to(dtype), valid)
+                log_pt = _cosines(torch.bmm(t, t.transpose(1, 2))).masked_fill_(drop, _MASK_FILL).log_softmax(dim=-1)
+            kl = _ThroughGrams.apply(grams, _PairKL(log_pt, any_kept, drop), _finite_padding(s, valid))
             total = kl if total is None else total + kl
         lengths = valid.sum(dim=1).to(dtype)
         return total / _denominator(len(student) * lengths.square().sum())
+
+
+class _PairKL:
+    """sum over kept (i, j) of P_T log(P_T / P_S) for P_S the row softmax of the student's cosines,
+    with its gradient with respect to the student's Gram matrix in closed form."""
+
+    def __init__(self, log_pt: torch.Tensor, any_kept: torch.Tensor, drop: torch.Tensor):
+        self.log_pt, self.any_kept, self.drop = log_pt, any_kept, drop
+        # P_T on kept entries, 0 elsewhere: masked entries already have probability exactly 0, and rows
+        # with nothing kept (uniform over fill values) are zeroed by any_kept.
+        self.p_t = log_pt.exp().mul_(any_kept)
+
+    def __call__(self, small, need_grad: bool):
+        gram = small[0]
+        inv_norm, diag = _inverse_norms(gram)
+        cos = gram * inv_norm.unsqueeze(-1) * inv_norm.unsqueeze(-2)  # as _cosines, to the last bit
+        log_ps = cos.masked_fill(self.drop, _MASK_FILL).log_softmax(dim=-1)
+        p_s = log_ps.exp() if need_grad else None
+        loss = torch.dot(self.p_t.flatten(), (self.log_pt - log_ps).flatten())
+        if not need_grad:
+            return loss, None
+        # d loss / d logits = P_S - P_T on rows with a kept entry (0 elsewhere, and 0 off the kept entries).
+        d_cos = p_s.mul_(self.any_kept).sub_(self.p_t)
+        d_cos = d_cos + d_cos.transpose(1, 2)
+        # cos = G_ij r_i r_j with r = diag(G)^-1/2, so the diagonal of the symmetrised gradient also gets
+        # -r_i^2 * sum_j (D_ij + D_ji) cos_ij.
+        d_diag = (d_cos * cos).sum(dim=-1).mul_(inv_norm.square()).neg_()
+        d_gram = d_cos.mul_(inv_norm.unsqueeze(-1)).mul_(inv_norm.unsqueeze(-2))
+        d_gram.diagonal(dim1=-2, dim2=-1).add_(torch.where(diag >= 1e-24, d_diag, 0))
+        return loss, [d_gram]
 
 
 def ltr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
@@ -205,19 +354,25 @@ def ltr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
     K = len(student)
     dtype = _compute_dtype(student[0])
     with _no_autocast(valid.device):
-        v = valid.unsqueeze(-1)
-
-        def layer_cosines(layers):  # (B, n, K, K)
-            e = torch.stack([torch.where(v, h.to(dtype), 0) for h in layers], dim=2)
-            return _cosines(e @ e.transpose(-1, -2))
-
         with torch.no_grad():
-            cos_t = layer_cosines(teacher)
-        cos_s = layer_cosines(student)
-        offdiag = ~torch.eye(K, dtype=torch.bool, device=valid.device)
-        keep = valid[:, :, None, None] & offdiag
-        total = _masked_kl(cos_t, cos_s, keep)
+            (g_t,) = _LayerGram(valid, dtype, K, teacher[0].shape[-1], centre=False).forward(teacher)
+            cos_t = _cosines(g_t)
+        keep = ~torch.eye(K, dtype=torch.bool, device=valid.device)
+        grams = _LayerGram(valid, dtype, K, student[0].shape[-1], centre=False)
+
+        def value(small, need_grad):
+            return _value_and_grad(lambda g: _masked_kl(cos_t, _cosines(g), keep), small, need_grad)
+
+        total = _ThroughGrams.apply(grams, value, *student)
         return total / _denominator(K * K * valid.sum().to(dtype))
+
+
+def _layer_angles(gram: torch.Tensor) -> torch.Tensor:
+    """psi(a; b, c) (N, K, K, K) from per-token Gram matrices (N, K, K) of layer-centred vectors."""
+    d = gram.diagonal(dim1=-2, dim2=-1)
+    keep = torch.ones((), dtype=torch.bool, device=gram.device)
+    x, c = _rays(d.unsqueeze(-1), gram, d.unsqueeze(-2), keep)
+    return _angles(gram.unsqueeze(-3), x, c)
 
 
 def ltr_triple(teacher_states, student_states, attention_mask) -> torch.Tensor:
@@ -227,19 +382,15 @@ def ltr_triple(teacher_states, student_states, attention_mask) -> torch.Tensor:
     K = len(student)
     dtype = _compute_dtype(student[0])
     with _no_autocast(valid.device):
-        v = valid.unsqueeze(-1)
-
-        def layer_angles(layers):  # (B, n, K, K, K)
-            e = torch.stack([torch.where(v, h.to(dtype), 0) for h in layers], dim=2)
-            e = e - e.mean(dim=2, keepdim=True)  # centring over layers is exact
-            g = e @ e.transpose(-1, -2)
-            d = g.diagonal(dim1=-2, dim2=-1)
-            x, c = _rays(d.unsqueeze(-1), g, d.unsqueeze(-2), v.unsqueeze(-1))
-            return _angles(g.unsqueeze(-3), x, c)
-
         with torch.no_grad():
-            psi_t = layer_angles(teacher)
-        total = (layer_angles(student) - psi_t).square().sum()
+            (g_t,) = _LayerGram(valid, dtype, K, teacher[0].shape[-1], centre=True).forward(teacher)
+            psi_t = _layer_angles(g_t)
+        grams = _LayerGram(valid, dtype, K, student[0].shape[-1], centre=True)
+
+        def value(small, need_grad):
+            return _value_and_grad(lambda g: (_layer_angles(g) - psi_t).square().sum(), small, need_grad)
+
+        total = _ThroughGrams.apply(grams, value, *student)
         return total / _denominator(K**3 * valid.sum().to(dtype))
 
 
@@ -273,9 +424,25 @@ def wr_triple(
     lengths = valid.sum(dim=1).to(dtype)
     with _no_autocast(valid.device):
         if window is None:
-            total = _full_triple(teacher, student, valid, dtype, chunk_size).to(dtype)
-            return total / _denominator(K * lengths.pow(3).sum())
-        total = _window_triple(teacher, student, valid, dtype, window, released_window_quirks, chunk_size)
+            # Positions after the last valid token of every sentence take no part: drop them.
+            # (An all-padding batch keeps one position, so the result is a 0 that still backpropagates.)
+            any_valid = valid.any(dim=0).nonzero()
+            n = int(any_valid.max()) + 1 if any_valid.numel() else 1
+            teacher, student, valid = [t[:, :n] for t in teacher], [s[:, :n] for s in student], valid[:, :n]
+            value_of = _FullTriple(valid, dtype, chunk_size)
+            zero_padding = True
+        else:
+            value_of = _WindowTriple(valid, window, released_window_quirks, chunk_size)
+            zero_padding = not released_window_quirks
+        grams = _TokenGram(valid, dtype, centre=True, zero_padding=zero_padding)
+        total = None
+        for t, s in zip(teacher, student):
+            with torch.no_grad():
+                (g_t,) = grams.forward([_finite_padding(t, valid)])
+            layer = _ThroughGrams.apply(grams, value_of.against(g_t), _finite_padding(s, valid))
+            total = layer if total is None else total + layer
+        if window is None:
+            return total.to(dtype) / _denominator(K * lengths.pow(3).sum())
         return total / _denominator(K * lengths.sum() * window**2)
 
 
@@ -285,57 +452,60 @@ def _blocks(n: int, chunk_size: int | None, bytes_per_centre: int) -> list[tuple
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _sum_blocks(block_sum, g_s: torch.Tensor, g_t: torch.Tensor, blocks) -> torch.Tensor:
-    """sum of block_sum(g_s, g_t, start, stop) over blocks of centre tokens. With several blocks, each
-    is recomputed in backward rather than keeping every block's activations alive."""
-    recompute = len(blocks) > 1 and torch.is_grad_enabled() and g_s.requires_grad
+def _sum_blocks(block_sum, g_s: torch.Tensor, blocks, need_grad: bool):
+    """Sum of block_sum(g_s, start, stop) over blocks of centre tokens and, if asked, its gradient with
+    respect to g_s, taken block by block so that only one block's intermediates exist at a time."""
     total = g_s.new_zeros(())
+    d_gram = torch.zeros_like(g_s) if need_grad else None
     for start, stop in blocks:
-        if recompute:
-            total = total + checkpoint(block_sum, g_s, g_t, start, stop, use_reentrant=False, preserve_rng_state=False)
-        else:
-            total = total + block_sum(g_s, g_t, start, stop)
-    return total
+        value, grad = _value_and_grad(lambda g: block_sum(g, start, stop), [g_s], need_grad)
+        total = total + value
+        if need_grad:
+            d_gram += grad[0]  # symmetrised already
+    return total, (None if d_gram is None else [d_gram])
 
 
-def _window_triple(teacher, student, valid, dtype, window, quirks, chunk_size) -> torch.Tensor:
-    """Sum of (psi_S - psi_T)^2 over windows, from (rows, centres, w, w) gathers of the Gram matrices."""
-    n = valid.shape[1]
-    with torch.no_grad():
-        g_t = _centred_grams(teacher, valid, dtype, zero_padding=not quirks)
-    g_s = _centred_grams(student, valid, dtype, zero_padding=not quirks)
-    rows = g_s.shape[0]
-    valid_rows = valid.repeat(len(student), 1)  # row l * B + b of the stacked Grams is layer l, sentence b
+class _WindowTriple:
+    """Sum of (psi_S - psi_T)^2 over windows, from (B, block, w, w) gathers of one layer's Gram matrices."""
 
-    radius = (window - 1) // 2
-    pos = torch.arange(n, device=valid.device).unsqueeze(1) + torch.arange(-radius, radius + 1, device=valid.device)
-    idx = pos.clamp(0, n - 1)  # (n, w): the released code's clamped window, edge positions repeated
-    flat = idx.unsqueeze(2) * n + idx.unsqueeze(1)  # (n, w, w) indices into the flattened Gram
-    keep = valid_rows.unsqueeze(-1)  # the centre must be valid ...
-    if quirks:
-        keep = keep.expand(rows, n, window)
-    else:  # ... and, as described, each neighbour a valid in-sentence position
-        keep = keep & (pos >= 0) & (pos < n) & valid_rows[:, idx]
+    def __init__(self, valid: torch.Tensor, window: int, quirks: bool, chunk_size: int | None):
+        n = valid.shape[1]
+        self.n, self.window, self.chunk_size = n, window, chunk_size
+        radius = (window - 1) // 2
+        pos = torch.arange(n, device=valid.device).unsqueeze(1) + torch.arange(-radius, radius + 1, device=valid.device)
+        self.idx = pos.clamp(0, n - 1)  # (n, w): the released code's clamped window, edge positions repeated
+        self.flat = self.idx.unsqueeze(2) * n + self.idx.unsqueeze(1)  # (n, w, w) indices into the flattened Gram
+        keep = valid.unsqueeze(-1)  # the centre must be valid ...
+        if quirks:
+            keep = keep.expand(*valid.shape, window)
+        else:  # ... and, as described, each neighbour a valid in-sentence position
+            keep = keep & (pos >= 0) & (pos < n) & valid[:, self.idx]
+        self.keep = keep
 
-    def angles(g, start, stop):
-        c = stop - start
+    def angles(self, g: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        rows, n, window, c = g.shape[0], self.n, self.window, stop - start
         g_ii = g.diagonal(dim1=1, dim2=2)[:, start:stop].unsqueeze(-1)
-        g_ij = g[:, start:stop].gather(2, idx[start:stop].expand(rows, c, window))
-        g_jk = g.reshape(rows, n * n).gather(1, flat[start:stop].reshape(1, -1).expand(rows, -1))
+        g_ij = g[:, start:stop].gather(2, self.idx[start:stop].expand(rows, c, window))
+        g_jk = g.reshape(rows, n * n).gather(1, self.flat[start:stop].reshape(1, -1).expand(rows, -1))
         g_jk = g_jk.view(rows, c, window, window)
-        x, cc = _rays(g_ii, g_ij, g_jk.diagonal(dim1=-2, dim2=-1), keep[:, start:stop])
+        x, cc = _rays(g_ii, g_ij, g_jk.diagonal(dim1=-2, dim2=-1), self.keep[:, start:stop])
         return _angles(g_jk, x, cc)
 
-    def block_sum(gs, gt, start, stop):
-        with torch.no_grad():
-            psi_t = angles(gt, start, stop)
-        return (angles(gs, start, stop) - psi_t).square().sum()
+    def against(self, g_t: torch.Tensor):
+        def value(small, need_grad):
+            def block_sum(g_s, start, stop):
+                with torch.no_grad():
+                    psi_t = self.angles(g_t, start, stop)
+                return (self.angles(g_s, start, stop) - psi_t).square().sum()
 
-    # about 8 (rows, block, w, w) tensors are alive at once in a block
-    return _sum_blocks(block_sum, g_s, g_t, _blocks(n, chunk_size, 8 * rows * window**2 * g_s.element_size()))
+            # about 8 (B, block, w, w) tensors are alive at once in a block
+            blocks = _blocks(self.n, self.chunk_size, 8 * g_t.shape[0] * self.window**2 * g_t.element_size())
+            return _sum_blocks(block_sum, small[0], blocks, need_grad)
+
+        return value
 
 
-def _full_triple(teacher, student, valid, dtype, chunk_size) -> torch.Tensor:
+class _FullTriple:
     """Sum over valid i, j, k of (psi_S - psi_T)^2 with O(n^2) memory and O(n^3) work in matrix products.
 
     With psi_i = diag(x_i) G diag(x_i) - y_i x_i^T - x_i y_i^T (rays of centre i, y = c * x), each
@@ -343,23 +513,17 @@ def _full_triple(teacher, student, valid, dtype, chunk_size) -> torch.Tensor:
     and every such inner product reduces to bilinear forms of G, i.e. batched matrix products. The
     expansion cancels when psi_S ~ psi_T, so it runs in float64 whatever the input precision.
     """
-    # Positions after the last valid token of every sentence take no part: drop them.
-    # (An all-padding batch keeps one position, so the result is a 0 that still backpropagates.)
-    any_valid = valid.any(dim=0).nonzero()
-    n = int(any_valid.max()) + 1 if any_valid.numel() else 1
-    valid = valid[:, :n]
-    with torch.no_grad():
-        g_t = _centred_grams([t[:, :n] for t in teacher], valid, dtype, zero_padding=True).double()
-    g_s = _centred_grams([s[:, :n] for s in student], valid, dtype, zero_padding=True).double()
-    rows = g_s.shape[0]
-    valid_rows = valid.repeat(len(student), 1)
 
-    def rays(g, start, stop):  # x, y of centres start..stop-1: (rows, c, n)
+    def __init__(self, valid: torch.Tensor, dtype: torch.dtype, chunk_size: int | None):
+        self.valid, self.dtype, self.chunk_size = valid, dtype, chunk_size
+
+    def rays(self, g, start, stop):  # x, y of centres start..stop-1: (B, c, n)
         d = g.diagonal(dim1=1, dim2=2)
-        keep = valid_rows[:, start:stop, None] & valid_rows[:, None, :]
-        x, c = _rays(d[:, start:stop, None], g[:, start:stop], d[:, None, :], keep, gram_dtype=dtype)
+        keep = self.valid[:, start:stop, None] & self.valid[:, None, :]
+        x, c = _rays(d[:, start:stop, None], g[:, start:stop], d[:, None, :], keep, gram_dtype=self.dtype)
         return x, c * x
 
+    @staticmethod
     def inner(ga, xa, ya, gb, xb, yb):  # sum over the block's centres of <psi_a,i, psi_b,i>
         z = xa * xb
         mm = (torch.bmm(z, ga * gb) * z).sum()
@@ -367,15 +531,24 @@ def _full_triple(teacher, student, valid, dtype, chunk_size) -> torch.Tensor:
         rr = ((ya * yb).sum(-1) * z.sum(-1) + (ya * xb).sum(-1) * (xa * yb).sum(-1)).sum()
         return mm - 2 * mr + 2 * rr
 
-    def block_sum(gs, gt, start, stop):
-        x_s, y_s = rays(gs, start, stop)
-        with torch.no_grad():
-            x_t, y_t = rays(gt, start, stop)
-            tt = inner(gt, x_t, y_t, gt, x_t, y_t)
-        return inner(gs, x_s, y_s, gs, x_s, y_s) - 2 * inner(gs, x_s, y_s, gt, x_t, y_t) + tt
+    def against(self, g_t: torch.Tensor):
+        g_t = g_t.double()
 
-    # about 16 (rows, block, n) tensors are alive at once in a block
-    return _sum_blocks(block_sum, g_s, g_t, _blocks(n, chunk_size, 16 * rows * n * g_s.element_size()))
+        def value(small, need_grad):
+            def block_sum(gs, start, stop):
+                gs = gs.double()
+                x_s, y_s = self.rays(gs, start, stop)
+                with torch.no_grad():
+                    x_t, y_t = self.rays(g_t, start, stop)
+                    tt = self.inner(g_t, x_t, y_t, g_t, x_t, y_t)
+                return self.inner(gs, x_s, y_s, gs, x_s, y_s) - 2 * self.inner(gs, x_s, y_s, g_t, x_t, y_t) + tt
+
+            n = g_t.shape[1]
+            # about 16 (B, block, n) float64 tensors are alive at once in a block
+            blocks = _blocks(n, self.chunk_size, 16 * g_t.shape[0] * n * 8)
+            return _sum_blocks(block_sum, small[0], blocks, need_grad)
+
+        return value
 
 
 RELATION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {

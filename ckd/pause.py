@@ -1,0 +1,31 @@
+"""Test-only pause points, so a test can kill a run at a named moment instead of at a random time.
+
+With `CKD_TEST_PAUSE_AT=<phase>[,<phase>...]` set, the process prints `ckd-pause: <phase>` to
+stderr and stops itself (SIGSTOP) each time it reaches one of those phases; the test then sends
+SIGKILL (die there), SIGTERM + SIGCONT (pre-emption there) or SIGCONT (go on). Unset, a pause
+point costs one environment lookup. Phases:
+
+    train-step          after an optimiser step, before its evaluation/checkpoint (ckd/train.py)
+    eval                at the start of a dev evaluation inside the training loop (ckd/train.py)
+    dir-write:<name>    an atomic directory's contents are written, not yet renamed into place (ckd/atomic.py)
+    dir-swap:<name>     the previous directory is moved aside, the new one not yet in place (ckd/atomic.py)
+    file-write:<name>   an atomic file's temporary is written, not yet renamed (ckd/atomic.py)
+
+e.g. `dir-write:latest` (a checkpoint), `file-write:record.json` (the run record).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+ENV = "CKD_TEST_PAUSE_AT"
+
+
+def pause_point(phase: str) -> None:
+    wanted = os.environ.get(ENV)
+    if not wanted or phase not in wanted.split(","):
+        return
+    print(f"ckd-pause: {phase}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
