@@ -21,6 +21,12 @@ def _num(value, spec: str, missing: str = "-") -> str:
     return format(value, spec)
 
 
+def _fraction(fraction, missing: str = "-") -> str:
+    if fraction is None:
+        return missing
+    return f"1/{1 / fraction:.1f}" if fraction > 0 else "~0"
+
+
 def term_table(rows: list[dict], precision: str = "float32") -> tuple[list[str], list[str]]:
     """(table lines, target lines)."""
     tol = AGREE_REL.get(precision, 1e-4)
@@ -31,14 +37,14 @@ def term_table(rows: list[dict], precision: str = "float32") -> tuple[list[str],
         star = "*" if row["dense_batch"] != row["batch"] else " "
         speedup = row["dense_s"] / row["ours_s"] if row["ours_s"] > 0 else float("nan")
         ours_mb, dense_mb = row.get("ours_mb"), row.get("dense_mb")
-        fraction = ours_mb / dense_mb if ours_mb is not None and dense_mb else None
+        fraction = ours_mb / dense_mb if ours_mb is not None and dense_mb else None  # None: not measured
         diff = relative_difference(row["ours_value_at_dense_batch"], row["dense_value"])
         agree = diff <= tol
         row.update(speedup=speedup, memory_fraction=fraction, rel_diff=diff, agree=agree)
         lines.append(
             f"{row['term']:<16}{_num(row['ours_s'], '.3f'):>9}{_num(row['dense_s'], '.3f') + star:>10}{_num(speedup, '.1f') + 'x':>10}"
             f"{_num(ours_mb, '.0f'):>9}{_num(dense_mb, '.0f') + (star if dense_mb is not None else ' '):>10}"
-            f"{('1/' + format(1 / fraction, '.1f')) if fraction else '-':>8}"
+            f"{_fraction(fraction):>8}"
             f"{row['ours_value_at_dense_batch']:>15.6e}{row['dense_value']:>15.6e}{diff:>10.1e}  {'yes' if agree else 'NO'}"
         )
         if star.strip():
@@ -52,7 +58,7 @@ def term_table(rows: list[dict], precision: str = "float32") -> tuple[list[str],
         targets.append(
             f"  {row['term']:<16} >= {TERM_SPEEDUP:g}x faster: {'yes' if ok_speed else 'NO'} ({speedup:.1f}x); "
             f"<= 1/{1 / TERM_MEMORY_FRACTION:g} peak memory: {'yes' if ok_memory else 'NO'} "
-            f"({'1/' + format(1 / fraction, '.1f') if fraction else 'not measured'}); values agree: {'yes' if agree else 'NO'}"
+            f"({_fraction(fraction, 'not measured')}); values agree: {'yes' if agree else 'NO'}"
         )
         if row["term"] == "wr_triple_full":
             ok_full = ours_mb is not None and ours_mb < FULL_TRIPLE_MB

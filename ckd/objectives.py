@@ -45,7 +45,7 @@ def _task(obj, term, batch, student, teacher):
 def _kd(obj, term, batch, student, teacher):
     alpha = float(obj.settings["alpha"])
     if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must lie in [0, 1], got {alpha}")
+        raise ConfigError(f"method_options.alpha must lie in [0, 1], got {alpha}")
     hard = _task(obj, term, batch, student, teacher) if alpha < 1.0 else 0.0
     if obj.regression:
         soft = logits.kd_regression(student.logits, teacher.logits)

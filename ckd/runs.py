@@ -127,6 +127,8 @@ def execute(kind: str, config: dict[str, Any], *, force: bool = False) -> dict[s
 def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[str, Any] | None:
     run_dir = Path(config["output_dir"])
     if is_complete(run_dir) and not force:
+        if runtime.is_main:
+            ckpt.remove_checkpoints(run_dir)  # a kill between the record and this clean-up left them behind
         print(f"{run_dir / RECORD_FILE} exists: run already complete (use --force to redo it)", file=sys.stderr)
         return None
     if force and is_complete(run_dir) and runtime.is_main:

@@ -157,9 +157,10 @@ def checkpoint_step(run_dir: Path) -> int | None:
 
 
 def comparable(record: dict) -> dict:
-    """Everything but timings and the output folder."""
+    """Everything but timings, the output folder and the commit (the repository may gain commits meanwhile)."""
     record = json.loads(json.dumps(record))
     record.pop("timing")
+    record.pop("git_commit")
     record["config"].pop("output_dir")
     return record
 
@@ -180,11 +181,14 @@ def kill_chain(args: list[str], run_dir: Path, plan: list[tuple[str, int, str]],
     """Stop the same command at each (phase, occurrence, how) in turn, re-running it each time; then let it finish."""
     for phase, occurrence, how in plan:
         before = checkpoint_step(run_dir)
+        moved_aside = (run_dir / "checkpoints" / ".latest.old").is_dir() and not (run_dir / "checkpoints" / "latest").exists()
         outcome = run_and_stop(args, phase, occurrence, how)
         after = checkpoint_step(run_dir)
         assert not (run_dir / "record.json").exists(), f"{phase}: a record appeared although the run was stopped"
         if before is not None:
             assert f"from step {before}/{STEPS}" in outcome.output, outcome.output
+        if moved_aside:
+            assert "recovered checkpoint" in outcome.output, outcome.output
         resumed = "resumed" if before is not None else "fresh start"
         aside = " (moved aside to .latest.old)" if not (run_dir / "checkpoints" / "latest").exists() and after is not None else ""
         line = (f"{label}: {how.upper()} at {phase} #{occurrence} ({resumed}, checkpoint {before}); "

@@ -111,7 +111,7 @@ def teacher_seed(seed):
 
 
 def student_runs(student):
-    """(method, stage-1 method or None) of one student, stage-1 runs included once."""
+    """The methods one student runs, each chained method's first stage just before it, once."""
     runs = []
     for name in STUDENTS[student]["methods"]:
         after = METHODS[name].after
@@ -130,30 +130,16 @@ def run_record(task, student, method, seed):
     return f"{RUN_DIR.format(task=task, student=student, method=method, seed=seed)}/record.json"
 
 
-TEACHER_RECORDS = [
-    teacher_record(task, teacher, seed)
-    for task in config["tasks"]
-    for teacher in config["teachers"]
-    for seed in TEACHER_SEEDS
+# The grid: (task, teacher, seed) teachers and (task, student, method, seed) runs.
+TEACHER_GRID = [(t, name, s) for t in config["tasks"] for name in config["teachers"] for s in TEACHER_SEEDS]
+RUN_GRID = [
+    (t, name, m, s) for t in config["tasks"] for name in STUDENTS for m in student_runs(name) for s in config["seeds"]
 ]
-RUN_RECORDS = [
-    run_record(task, student, method, seed)
-    for task in config["tasks"]
-    for student in STUDENTS
-    for method in student_runs(student)
-    for seed in config["seeds"]
-]
-EXPECTED_RUNS = [
-    {"task": task, "student": teacher, "method": "teacher", "seed": seed}
-    for task in config["tasks"]
-    for teacher in config["teachers"]
-    for seed in TEACHER_SEEDS
-] + [
-    {"task": task, "student": student, "method": method, "seed": seed}
-    for task in config["tasks"]
-    for student in STUDENTS
-    for method in student_runs(student)
-    for seed in config["seeds"]
+TEACHER_RECORDS = [teacher_record(*key) for key in TEACHER_GRID]
+RUN_RECORDS = [run_record(*key) for key in RUN_GRID]
+# `ckd aggregate --expected`: teachers are listed as method "teacher" under their own name.
+EXPECTED_RUNS = [{"task": t, "student": name, "method": "teacher", "seed": s} for t, name, s in TEACHER_GRID] + [
+    {"task": t, "student": name, "method": m, "seed": s} for t, name, m, s in RUN_GRID
 ]
 
 
@@ -214,7 +200,7 @@ def distill_inputs(wildcards):
     if method.needs_teacher:
         inputs["teacher"] = f"{_teacher_dir(wildcards)}/record.json"
         if method.logits_only and config["teacher_logits"]:
-            inputs["logits"] = f"{_teacher_dir(wildcards)}/train_logits.pt"
+            inputs["logits"] = f"{_teacher_dir(wildcards)}/{Path(TEACHER_LOGITS).name}"
     if method.after:
         inputs["stage1"] = run_record(wildcards.task, wildcards.student, method.after, wildcards.seed)
     return inputs
