@@ -42,3 +42,9 @@ rule all:
         TABLES,
         PLOTS_DIR,
     default_target: True
+
+
+onerror:
+    # With --keep-going the finished runs still give tables: failed runs show as missing cells and
+    # are listed, with their error line, in missing.md.
+    partial_tables()

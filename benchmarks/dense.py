@@ -21,41 +21,45 @@ def _stack(layers, dim: int) -> torch.Tensor:
     return torch.stack(list(layers), dim=dim)
 
 
-def _kl(t_logits, s_logits, keep):
+def _pair_kl(t_d, s_d, mask, keep):
+    """The released WR_Dist / LTR_Dist ("cos", "kldiv") on (rows, m, m) cosines: masked softmaxes
+    multiplied by the mask, then kl_div summed. -inf fills replaced by a finite one (see METHODS.md)."""
     with torch.no_grad():
-        log_pt = t_logits.masked_fill(~keep, _FILL).log_softmax(-1)
-    log_ps = s_logits.masked_fill(~keep, _FILL).log_softmax(-1)
-    return (log_pt.exp() * (log_pt - log_ps) * keep).sum()
+        t_d = (t_d * mask).masked_fill(~keep, _FILL).masked_fill(mask == 0, _FILL)
+        t_d = F.softmax(t_d, dim=-1) * mask
+    s_d = (s_d * mask).masked_fill(~keep, _FILL).masked_fill(mask == 0, _FILL)
+    s_d = F.log_softmax(s_d, dim=-1) * mask
+    return F.kl_div(s_d, t_d, reduction="sum")
 
 
 def dense_wr_pair(teacher, student, attention_mask):
-    valid = attention_mask != 0
-    K, (B, n) = len(student), valid.shape
-    keep = (valid[:, None, :] & valid[:, :, None] & ~torch.eye(n, dtype=torch.bool)).repeat_interleave(K, 0)
-
-    def cosines(layers):  # (B*K, n, n) from the stacked (B, K, n, d) states
-        h = F.normalize(_stack(layers, 1).flatten(0, 1), p=2, dim=2)
-        return torch.bmm(h, h.transpose(1, 2))
-
+    t_embed, s_embed = _stack(teacher, 1), _stack(student, 1)  # (B, K, n, d), as the released code gets them
+    B, K, n, _ = t_embed.shape
+    t_embed, s_embed = t_embed.flatten(0, 1), s_embed.flatten(0, 1)
+    m = attention_mask.float()
+    mask = (m.unsqueeze(2) * m.unsqueeze(1)).unsqueeze(1).repeat(1, K, 1, 1).view(-1, n, n)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
     with torch.no_grad():
-        cos_t = cosines(teacher)
-    total = _kl(cos_t, cosines(student), keep)
-    return total / (K * valid.sum(1).double().square().sum())
+        t_norm = F.normalize(t_embed, p=2, dim=2)
+        t_d = torch.bmm(t_norm, t_norm.transpose(1, 2))
+    s_norm = F.normalize(s_embed, p=2, dim=2)
+    s_d = torch.bmm(s_norm, s_norm.transpose(1, 2))
+    return _pair_kl(t_d, s_d, mask, off_diagonal) / mask.sum().item()
 
 
 def dense_ltr_pair(teacher, student, attention_mask):
-    valid = attention_mask != 0
-    K = len(student)
-    keep = valid.reshape(-1, 1, 1) & ~torch.eye(K, dtype=torch.bool)
-
-    def cosines(layers):  # (B*n, K, K)
-        e = F.normalize(_stack(layers, 2).flatten(0, 1), p=2, dim=2)
-        return torch.bmm(e, e.transpose(1, 2))
-
+    t_embed, s_embed = _stack(teacher, 1), _stack(student, 1)
+    B, K, n, _ = t_embed.shape
+    t_embed = t_embed.transpose(1, 2).reshape(B * n, K, -1)  # (B*n, K, d)
+    s_embed = s_embed.transpose(1, 2).reshape(B * n, K, -1)
+    mask = attention_mask.float().reshape(-1, 1, 1).repeat(1, K, K)
+    off_diagonal = ~torch.eye(K, dtype=torch.bool)
     with torch.no_grad():
-        cos_t = cosines(teacher)
-    total = _kl(cos_t, cosines(student), keep)
-    return total / (K * K * valid.sum())
+        t_norm = F.normalize(t_embed, p=2, dim=2)
+        t_d = torch.bmm(t_norm, t_norm.transpose(1, 2))
+    s_norm = F.normalize(s_embed, p=2, dim=2)
+    s_d = torch.bmm(s_norm, s_norm.transpose(1, 2))
+    return _pair_kl(t_d, s_d, mask, off_diagonal) / mask.sum().item()
 
 
 def _angles(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

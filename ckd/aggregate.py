@@ -113,6 +113,9 @@ def study_columns(tasks: Iterable[str]) -> list[Column]:
     return columns
 
 
+INTERMEDIATE = "intermediate"
+
+
 def group_records(records: list[dict]) -> dict[RowKey, list[dict]]:
     """Rows of the tables: (role, student, method) -> its runs, teacher rows first, then by size and method."""
     groups: dict[RowKey, list[dict]] = {}
@@ -786,9 +789,14 @@ def aggregate_study(
                 "re-run the study, or pass --include-stale to tabulate them anyway"
             )
         records = current
-    groups = group_records(records)
+    # A first stage (TinyBERT's intermediate run) has no scores of its own: it counts as present in
+    # missing.md but gets no row in the score tables.
+    intermediate = {row_method(r) for r in records if r.get("kind") == INTERMEDIATE}
+    scored = [r for r in records if r.get("kind") != INTERMEDIATE]
+    groups = group_records(scored)
     columns = study_columns([r["task"] for r in records] + [key[0] for key in expected_runs or ()])
-    placeholders = sorted({("teacher" if m == TEACHER_METHOD else "student", s, m) for _, s, m, _ in expected_runs or ()} - set(groups),
+    placeholders = sorted({("teacher" if m == TEACHER_METHOD else "student", s, m) for _, s, m, _ in expected_runs or ()
+                           if m not in intermediate} - set(groups),
                           key=lambda k: (k[0] != "teacher", k[1], method_sort_key(k[2])))
     study = next((r["study"] for r in records if r.get("study")), study_dir.name)
     tables = [
@@ -804,7 +812,7 @@ def aggregate_study(
     missing = missing_runs(study_dir, current if not include_stale else records, expected_runs, study,
                            stale=stale, include_stale=include_stale)
     written += write_table(missing, out_dir, ("md", "csv"))
-    runs = records_frame(records)
+    runs = records_frame(scored)
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     written.append(out_dir / "runs.csv")
     return written

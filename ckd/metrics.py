@@ -13,8 +13,6 @@ import math
 import warnings
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 from ckd.data.tasks import TaskSpec, get_task
 
@@ -27,19 +25,27 @@ def accuracy(predictions, labels) -> float:
 def f1(predictions, labels) -> float:
     """Binary F1 of the positive class 1 (MRPC "equivalent", QQP "duplicate")."""
     predictions, labels = _pair(predictions, labels)
+    from sklearn.metrics import f1_score  # imported on use: it costs a second at start-up
+
     return float(f1_score(labels, predictions, pos_label=1, average="binary", zero_division=0))
 
 
 def mcc(predictions, labels) -> float:
     predictions, labels = _pair(predictions, labels)
+    from sklearn.metrics import matthews_corrcoef
+
     return float(matthews_corrcoef(labels, predictions))
 
 
 def pearson(predictions, labels) -> float:
+    from scipy import stats
+
     return _correlation(stats.pearsonr, predictions, labels)
 
 
 def spearman(predictions, labels) -> float:
+    from scipy import stats
+
     return _correlation(stats.spearmanr, predictions, labels)
 
 

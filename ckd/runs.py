@@ -138,7 +138,6 @@ def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[st
     started = time.time()
     if config["train"]["threads"]:
         torch.set_num_threads(int(config["train"]["threads"]))
-    torch.use_deterministic_algorithms(True, warn_only=True)
     task = get_task(config["task"])
     config = copy.deepcopy(config)
     config["task"] = task.name

@@ -5,49 +5,20 @@ config validation and the HTML report."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import job_counts, snakemake
+
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
 
 
-def snakemake(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    # The rules call `ckd`, which lives beside this Python.
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=REPO, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-    )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table Snakemake prints before running (or dry-running) jobs."""
-    match = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal\s+(\d+)", output, re.S)
-    if not match:
-        return {}
-    counts = {}
-    for line in match.group(1).splitlines():
-        name, count = line.split()
-        counts[name] = int(count)
-    return counts
-
-
 @pytest.fixture(scope="session")
-def smoke(tmp_path_factory) -> Path:
-    """The smoke study (embedded default), run once with `snakemake --cores 2`; its results root."""
-    results = tmp_path_factory.mktemp("workflow") / "results"
-    done = snakemake("--cores", "2", "--config", f"results_dir={results}", timeout=1500)
-    assert done.returncode == 0, done.stdout[-5000:]
-    return results
+def smoke(smoke_results) -> Path:
+    return smoke_results
 
 
 def smoke_args(results: Path) -> list[str]:

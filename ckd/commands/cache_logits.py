@@ -27,6 +27,10 @@ def handle(args: argparse.Namespace) -> int:
     from ckd.models import build_model
     from ckd.teacher_cache import compute_teacher_logits, save_teacher_logits
 
+    if config["train"]["threads"]:
+        import torch
+
+        torch.set_num_threads(int(config["train"]["threads"]))
     task = get_task(config["task"])
     data = config["data"]
     options = {"synthetic_sizes": {"train": data["synthetic_train_size"]}} if data["synthetic_train_size"] else {}

@@ -31,6 +31,7 @@ Half-precision inputs are computed in float32, float32/float64 as given; autocas
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Callable, Sequence
 
 import torch
@@ -119,17 +120,6 @@ def _denominator(value: torch.Tensor) -> torch.Tensor:
     return value.clamp_min(1)
 
 
-def _finite_padding(h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Padded positions with non-finite values (NaN/inf, or so large a row sum overflows) set to 0.
-
-    Padded rows take part in the Gram products (their entries are masked afterwards), so they must be
-    finite for 0 * value to be 0. Checking the row sums costs one read; the copy is made only if needed.
-    """
-    if bool(torch.where(valid, 0, h.sum(dim=-1)).isfinite().all()):
-        return h
-    return h.masked_fill(~valid.unsqueeze(-1), 0)
-
-
 # ----------------------------------------------------------------------------- shared numerics
 
 
@@ -141,16 +131,16 @@ def _masked_kl(logits_t: torch.Tensor, logits_s: torch.Tensor, keep: torch.Tenso
     return torch.where(keep, log_pt.exp() * (log_pt - log_ps), 0).sum()
 
 
-def _inverse_norms(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _cosine_scale(gram: torch.Tensor) -> torch.Tensor:
+    """r_i r_j with r = diag(G)^-1/2, so that G * r_i r_j is the cosine matrix (..., m, m)."""
     # Clamping before rsqrt (as F.normalize's eps does) keeps the gradient finite for zero vectors.
-    diag = gram.diagonal(dim1=-2, dim2=-1)
-    return diag.clamp_min(1e-24).rsqrt(), diag
+    inv_norm = gram.diagonal(dim1=-2, dim2=-1).clamp_min(1e-24).rsqrt()
+    return inv_norm.unsqueeze(-1) * inv_norm.unsqueeze(-2)
 
 
 def _cosines(gram: torch.Tensor) -> torch.Tensor:
     """Cosine matrix from a Gram matrix (..., m, m); a zero vector has cosine 0 with everything."""
-    inv_norm, _ = _inverse_norms(gram)
-    return gram * inv_norm.unsqueeze(-1) * inv_norm.unsqueeze(-2)
+    return gram * _cosine_scale(gram)
 
 
 def _rays(g_ii: torch.Tensor, g_ij: torch.Tensor, g_jj: torch.Tensor, keep: torch.Tensor, gram_dtype=None):
@@ -219,11 +209,16 @@ class _ThroughGrams(torch.autograd.Function):
 
 
 class _TokenGram:
-    """One layer's (B, n, n) Gram matrix of its token vectors: raw (padding as given, masked later),
-    or centred on the mean valid token with padding zeroed (or kept, for the released quirks).
+    """One layer's (B, n, n) Gram matrix of its token vectors: raw, or centred on the mean valid token
+    (exact for angles, and it keeps Gram entries near the scale of the differences, which limits
+    cancellation in G_jj - 2 G_ij + G_ii) with padding zeroed, or kept for the released quirks.
 
-    Centring is exact for angles and keeps Gram entries near the scale of the differences, which
-    limits cancellation in G_jj - 2 G_ij + G_ii.
+    With right padding (on CPU) each sentence's valid prefix is multiplied on its own: the padding's
+    share of the work is skipped and padded entries are 0. Otherwise one batched product over all
+    positions, whose padded entries are masked later; padded rows must then be finite for 0 * value to
+    be 0, so a non-finite Gram diagonal (NaN or inf in a row, or a row so large its norm overflows)
+    makes `forward` zero the padding and recompute, and `backward` do the same. Use one instance
+    (`fresh()`) per layer.
     """
 
     def __init__(self, valid: torch.Tensor, dtype: torch.dtype, *, centre: bool = False, zero_padding: bool = True):
@@ -231,60 +226,108 @@ class _TokenGram:
         self.pad = ~valid.unsqueeze(-1)
         self.weights = valid.to(dtype).unsqueeze(1)  # (B, 1, n): sums over valid tokens as products
         self.count = self.weights.sum(dim=-1, keepdim=True).clamp_min(1)
+        self.clean = False  # zero the padding first (batched path)
+        self.lengths = _prefix_lengths(valid) if zero_padding or not centre else None
 
-    def vectors(self, h: torch.Tensor) -> torch.Tensor:
+    def fresh(self) -> "_TokenGram":
+        return copy.copy(self)
+
+    def vectors(self, h: torch.Tensor) -> torch.Tensor:  # batched path
         h = h.to(self.dtype)
+        if self.clean:
+            h = h.masked_fill(self.pad, 0)
         if not self.centre:
             return h
         x = h - torch.bmm(self.weights, h) / self.count
         return x.masked_fill_(self.pad, 0) if self.zero_padding else x
 
+    def sentence(self, h: torch.Tensor, b: int, length: int) -> torch.Tensor:  # per-sentence path
+        x = h[b, :length].to(self.dtype)
+        return x - x.mean(dim=0) if self.centre else x
+
     def forward(self, states):
-        x = self.vectors(states[0])
-        return (torch.bmm(x, x.transpose(1, 2)),)
+        h = states[0]
+        if self.lengths is not None:
+            gram = h.new_zeros(h.shape[0], h.shape[1], h.shape[1], dtype=self.dtype)
+            for b, length in enumerate(self.lengths):
+                x = self.sentence(h, b, length)
+                torch.mm(x, x.T, out=gram[b, :length, :length])
+            return (gram,)
+        x = self.vectors(h)
+        gram = torch.bmm(x, x.transpose(1, 2))
+        if not self.clean and not bool(gram.diagonal(dim1=1, dim2=2).isfinite().all()):
+            self.clean = True
+            return self.forward(states)
+        return (gram,)
 
     def backward(self, states, d_small):
-        gx = torch.bmm(d_small[0], self.vectors(states[0]))
+        h, d_gram = states[0], d_small[0]
+        if self.lengths is not None:
+            gh = torch.empty_like(h)
+            for b, length in enumerate(self.lengths):
+                gx = d_gram[b, :length, :length] @ self.sentence(h, b, length)
+                gh[b, :length] = gx - gx.mean(dim=0) if self.centre else gx
+                gh[b, length:] = 0
+            return (gh,)
+        gx = torch.bmm(d_gram, self.vectors(h))
         if self.centre:  # back through x = mask * (h - mean of valid h)
             if self.zero_padding:
                 gx.masked_fill_(self.pad, 0)
             gx -= self.weights.transpose(1, 2) * (gx.sum(dim=1, keepdim=True) / self.count.transpose(1, 2))
-        return (gx.to(states[0].dtype),)
+        if self.clean:
+            gx.masked_fill_(self.pad, 0)
+        return (gx.to(h.dtype),)
+
+
+def _prefix_lengths(valid: torch.Tensor, worthwhile: float = 0.8) -> list[int] | None:
+    """Each sentence's number of valid tokens when they form a prefix (right padding), on CPU, and
+    when skipping the padding saves more than 1 - `worthwhile` of an (n x n) product; else None."""
+    if valid.device.type != "cpu" or valid.numel() == 0:
+        return None
+    lengths = valid.sum(dim=1)
+    n = valid.shape[1]
+    if not torch.equal(valid, torch.arange(n, device=valid.device) < lengths.unsqueeze(1)):
+        return None
+    if float(lengths.double().square().sum()) > worthwhile * valid.shape[0] * n * n:
+        return None
+    return lengths.tolist()
 
 
 class _LayerGram:
     """Per valid token, the K x K Gram matrix of its K mapped-layer vectors (centred over the layers
-    if asked): an (N_valid, K, K) tensor built from cache-sized chunks of tokens."""
+    if asked): an (N_valid, K, K) tensor built chunk by chunk, gathering each chunk of tokens' layer
+    vectors into one reused, cache-sized (K, chunk, d) buffer (no (B, n, K, d) stack)."""
 
     def __init__(self, valid: torch.Tensor, dtype: torch.dtype, num_layers: int, width: int, *, centre: bool):
         self.dtype, self.centre, self.num_layers = dtype, centre, num_layers
         self.index = valid.flatten().nonzero().squeeze(1)
-        size = max(1, _TOKEN_CHUNK_BYTES // (num_layers * width * torch.finfo(dtype).bits // 8))
-        self.spans = [(start, min(start + size, len(self.index))) for start in range(0, len(self.index), size)]
+        self.pad_index = (~valid).flatten().nonzero().squeeze(1)
+        self.chunk = max(1, _TOKEN_CHUNK_BYTES // (num_layers * width * torch.finfo(dtype).bits // 8))
 
-    def _vectors(self, flat: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:  # (c, K, d)
-        idx = self.index[start:stop]
-        e = torch.stack([h.index_select(0, idx) for h in flat], dim=1).to(self.dtype)
-        return e - e.mean(dim=1, keepdim=True) if self.centre else e
-
-    @staticmethod
-    def _flat(states):
-        return [h.reshape(-1, h.shape[-1]) for h in states]
+    def _chunks(self, states):
+        """(start, stop, (c, K, d) layer vectors) for the valid tokens start..stop-1."""
+        flat = [h.reshape(-1, h.shape[-1]) for h in states]
+        buffer = flat[0].new_empty(len(flat), min(self.chunk, len(self.index)), flat[0].shape[-1])
+        for start in range(0, len(self.index), self.chunk):
+            stop = min(start + self.chunk, len(self.index))
+            idx = self.index[start:stop]
+            for layer, h in enumerate(flat):
+                torch.index_select(h, 0, idx, out=buffer[layer, : stop - start])
+            e = buffer[:, : stop - start].transpose(0, 1).to(self.dtype)
+            yield start, stop, (e - e.mean(dim=1, keepdim=True) if self.centre else e)
 
     def forward(self, states):
-        flat = self._flat(states)
         out = torch.empty(len(self.index), self.num_layers, self.num_layers, dtype=self.dtype, device=self.index.device)
-        for start, stop in self.spans:
-            e = self._vectors(flat, start, stop)
+        for start, stop, e in self._chunks(states):
             torch.bmm(e, e.transpose(1, 2), out=out[start:stop])
         return (out,)
 
     def backward(self, states, d_small):
-        flat = self._flat(states)
-        sym = d_small[0]
-        grads = [torch.zeros_like(h) for h in flat]
-        for start, stop in self.spans:
-            ge = torch.bmm(sym[start:stop], self._vectors(flat, start, stop))
+        grads = [h.new_empty(h.shape[0] * h.shape[1], h.shape[-1]) for h in states]
+        for g in grads:
+            g.index_fill_(0, self.pad_index, 0)
+        for start, stop, e in self._chunks(states):
+            ge = torch.bmm(d_small[0][start:stop], e)
             if self.centre:
                 ge -= ge.mean(dim=1, keepdim=True)
             idx = self.index[start:stop]
@@ -305,13 +348,18 @@ def wr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
     with _no_autocast(valid.device):
         drop = ~(valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(n, dtype=torch.bool, device=valid.device))
         any_kept = (~drop).any(dim=-1, keepdim=True).to(dtype)  # (B, n, 1): rows with a softmax at all
+        none_kept = -any_kept
         grams = _TokenGram(valid, dtype)
         total = None
         for t, s in zip(teacher, student):
             with torch.no_grad():
-                t = _finite_padding(t.to(dtype), valid)
-                log_pt = _cosines(torch.bmm(t, t.transpose(1, 2))).masked_fill_(drop, _MASK_FILL).log_softmax(dim=-1)
-            kl = _ThroughGrams.apply(grams, _PairKL(log_pt, any_kept, drop), _finite_padding(s, valid))
+                (g_t,) = grams.fresh().forward([t])
+                logits_t = _cosines(g_t).masked_fill_(drop, _MASK_FILL)
+                # -P_T on kept entries, 0 elsewhere: masked entries have probability exactly 0, and rows
+                # with nothing kept (uniform over fill values) are zeroed by any_kept.
+                neg_p_t = logits_t.softmax(dim=-1).mul_(none_kept)
+            value = _PairKL(logits_t.log_softmax(dim=-1), neg_p_t, any_kept, drop)
+            kl = _ThroughGrams.apply(grams.fresh(), value, s)
             total = kl if total is None else total + kl
         lengths = valid.sum(dim=1).to(dtype)
         return total / _denominator(len(student) * lengths.square().sum())
@@ -321,29 +369,29 @@ class _PairKL:
     """sum over kept (i, j) of P_T log(P_T / P_S) for P_S the row softmax of the student's cosines,
     with its gradient with respect to the student's Gram matrix in closed form."""
 
-    def __init__(self, log_pt: torch.Tensor, any_kept: torch.Tensor, drop: torch.Tensor):
-        self.log_pt, self.any_kept, self.drop = log_pt, any_kept, drop
-        # P_T on kept entries, 0 elsewhere: masked entries already have probability exactly 0, and rows
-        # with nothing kept (uniform over fill values) are zeroed by any_kept.
-        self.p_t = log_pt.exp().mul_(any_kept)
+    def __init__(self, log_pt: torch.Tensor, neg_p_t: torch.Tensor, any_kept: torch.Tensor, drop: torch.Tensor):
+        self.log_pt, self.neg_p_t, self.any_kept, self.drop = log_pt, neg_p_t, any_kept, drop
 
     def __call__(self, small, need_grad: bool):
         gram = small[0]
-        inv_norm, diag = _inverse_norms(gram)
-        cos = gram * inv_norm.unsqueeze(-1) * inv_norm.unsqueeze(-2)  # as _cosines, to the last bit
-        log_ps = cos.masked_fill(self.drop, _MASK_FILL).log_softmax(dim=-1)
-        p_s = log_ps.exp() if need_grad else None
-        loss = torch.dot(self.p_t.flatten(), (self.log_pt - log_ps).flatten())
+        scale = _cosine_scale(gram)
+        cos = gram * scale  # as _cosines, to the last bit
+        logits = cos.masked_fill(self.drop, _MASK_FILL)
+        log_ps = logits.log_softmax(dim=-1)
+        # softmax rather than exp(log_ps): exp is slow on the underflowing masked entries
+        p_s = logits.softmax(dim=-1) if need_grad else None
+        loss = -torch.dot(self.neg_p_t.flatten(), torch.sub(self.log_pt, log_ps, out=log_ps).flatten())
         if not need_grad:
             return loss, None
         # d loss / d logits = P_S - P_T on rows with a kept entry (0 elsewhere, and 0 off the kept entries).
-        d_cos = p_s.mul_(self.any_kept).sub_(self.p_t)
+        d_cos = torch.addcmul(self.neg_p_t, p_s, self.any_kept)
         d_cos = d_cos + d_cos.transpose(1, 2)
         # cos = G_ij r_i r_j with r = diag(G)^-1/2, so the diagonal of the symmetrised gradient also gets
-        # -r_i^2 * sum_j (D_ij + D_ji) cos_ij.
-        d_diag = (d_cos * cos).sum(dim=-1).mul_(inv_norm.square()).neg_()
-        d_gram = d_cos.mul_(inv_norm.unsqueeze(-1)).mul_(inv_norm.unsqueeze(-2))
-        d_gram.diagonal(dim1=-2, dim2=-1).add_(torch.where(diag >= 1e-24, d_diag, 0))
+        # -r_i^2 * sum_j (D_ij + D_ji) cos_ij (0 where the norm was clamped).
+        d_diag = torch.linalg.vecdot(d_cos, cos).mul_(scale.diagonal(dim1=-2, dim2=-1))
+        d_diag = torch.where(gram.diagonal(dim1=-2, dim2=-1) >= 1e-24, d_diag, 0)
+        d_gram = d_cos.mul_(scale)
+        d_gram.diagonal(dim1=-2, dim2=-1).sub_(d_diag)
         return loss, [d_gram]
 
 
@@ -438,8 +486,8 @@ def wr_triple(
         total = None
         for t, s in zip(teacher, student):
             with torch.no_grad():
-                (g_t,) = grams.forward([_finite_padding(t, valid)])
-            layer = _ThroughGrams.apply(grams, value_of.against(g_t), _finite_padding(s, valid))
+                (g_t,) = grams.fresh().forward([t])
+            layer = _ThroughGrams.apply(grams.fresh(), value_of.against(g_t), s)
             total = layer if total is None else total + layer
         if window is None:
             return total.to(dtype) / _denominator(K * lengths.pow(3).sum())
@@ -466,41 +514,67 @@ def _sum_blocks(block_sum, g_s: torch.Tensor, blocks, need_grad: bool):
 
 
 class _WindowTriple:
-    """Sum of (psi_S - psi_T)^2 over windows, from (B, block, w, w) gathers of one layer's Gram matrices."""
+    """Sum of (psi_S - psi_T)^2 over the windows of valid centre tokens, from (centres, w, w) gathers of
+    one layer's Gram matrices, with the gradient with respect to the student's Gram matrix in closed
+    form (scattered back onto the Gram entries the angles were gathered from).
+
+    Per centre i, with A_jk = G_jk - c_j - c_k, psi = A x_j x_k and D = psi_S - psi_T:
+    d/dG_jk = 2 D_jk x_j x_k =: F_jk, d/dc_j = -2 sum_k F_jk and, through x_j = |h_j - h_i|^-1,
+    d/d|h_j - h_i|^2 = -2 x_j^2 sum_k D_jk psi_S,jk (F and D are symmetric in j, k).
+    """
 
     def __init__(self, valid: torch.Tensor, window: int, quirks: bool, chunk_size: int | None):
         n = valid.shape[1]
-        self.n, self.window, self.chunk_size = n, window, chunk_size
+        self.window, self.chunk_size = window, chunk_size
         radius = (window - 1) // 2
-        pos = torch.arange(n, device=valid.device).unsqueeze(1) + torch.arange(-radius, radius + 1, device=valid.device)
-        self.idx = pos.clamp(0, n - 1)  # (n, w): the released code's clamped window, edge positions repeated
-        self.flat = self.idx.unsqueeze(2) * n + self.idx.unsqueeze(1)  # (n, w, w) indices into the flattened Gram
-        keep = valid.unsqueeze(-1)  # the centre must be valid ...
-        if quirks:
-            keep = keep.expand(*valid.shape, window)
-        else:  # ... and, as described, each neighbour a valid in-sentence position
-            keep = keep & (pos >= 0) & (pos < n) & valid[:, self.idx]
-        self.keep = keep
+        centres = valid.flatten().nonzero().squeeze(1)  # only valid centres count, in both behaviours
+        b, i = centres // n, centres % n
+        pos = i.unsqueeze(1) + torch.arange(-radius, radius + 1, device=valid.device)  # (centres, w)
+        j = pos.clamp(0, n - 1)  # the released code's clamped window, edge positions repeated
+        if quirks:  # padding neighbours count; only the centre is masked
+            self.keep = torch.ones_like(j, dtype=torch.bool)
+        else:  # as described, each neighbour a valid in-sentence position
+            self.keep = (pos >= 0) & (pos < n) & valid[b.unsqueeze(1), j]
+        # indices into a (B, n, n) Gram matrix flattened
+        base = (b * n * n).unsqueeze(1)
+        self.ii = (b * n * n + i * (n + 1)).unsqueeze(1)
+        self.ij = base + (i * n).unsqueeze(1) + j
+        self.jj = base + j * (n + 1)
+        self.jk = (base + j * n).unsqueeze(2) + j.unsqueeze(1)
 
-    def angles(self, g: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        rows, n, window, c = g.shape[0], self.n, self.window, stop - start
-        g_ii = g.diagonal(dim1=1, dim2=2)[:, start:stop].unsqueeze(-1)
-        g_ij = g[:, start:stop].gather(2, self.idx[start:stop].expand(rows, c, window))
-        g_jk = g.reshape(rows, n * n).gather(1, self.flat[start:stop].reshape(1, -1).expand(rows, -1))
-        g_jk = g_jk.view(rows, c, window, window)
-        x, cc = _rays(g_ii, g_ij, g_jk.diagonal(dim1=-2, dim2=-1), self.keep[:, start:stop])
-        return _angles(g_jk, x, cc)
+    def angles(self, g: torch.Tensor, start: int, stop: int):
+        """psi (c, w, w), the rays x (c, w) and the squared distances' eps-mask inputs of centres start..stop-1."""
+        g_ii, g_ij, g_jj = g[self.ii[start:stop]], g[self.ij[start:stop]], g[self.jj[start:stop]]
+        x, c = _rays(g_ii, g_ij, g_jj, self.keep[start:stop])
+        xx = x.unsqueeze(-1) * x.unsqueeze(-2)
+        psi = g[self.jk[start:stop]].sub_(c.unsqueeze(-1)).sub_(c.unsqueeze(-2)).mul_(xx)
+        return psi, x, xx
 
     def against(self, g_t: torch.Tensor):
-        def value(small, need_grad):
-            def block_sum(g_s, start, stop):
-                with torch.no_grad():
-                    psi_t = self.angles(g_t, start, stop)
-                return (self.angles(g_s, start, stop) - psi_t).square().sum()
+        g_t = g_t.flatten()
 
-            # about 8 (B, block, w, w) tensors are alive at once in a block
-            blocks = _blocks(self.n, self.chunk_size, 8 * g_t.shape[0] * self.window**2 * g_t.element_size())
-            return _sum_blocks(block_sum, small[0], blocks, need_grad)
+        def value(small, need_grad):
+            g_s = small[0].flatten()
+            total = g_s.new_zeros(())
+            d_gram = torch.zeros_like(g_s) if need_grad else None
+            # about 6 (block, w, w) tensors are alive at once in a block
+            for start, stop in _blocks(len(self.keep), self.chunk_size, 6 * self.window**2 * g_s.element_size()):
+                psi_t, _, _ = self.angles(g_t, start, stop)
+                psi_s, x, xx = self.angles(g_s, start, stop)
+                diff = torch.sub(psi_s, psi_t, out=psi_t)
+                total = total + torch.dot(diff.flatten(), diff.flatten())
+                if need_grad:
+                    d_sq = torch.linalg.vecdot(diff, psi_s).mul_(x.square()).mul_(-2)
+                    f = diff.mul_(xx).mul_(2)
+                    d_c = f.sum(dim=-1).mul_(-2)
+                    d_gram.index_add_(0, self.jk[start:stop].flatten(), f.flatten())
+                    d_gram.index_add_(0, self.ij[start:stop].flatten(), (d_c - 2 * d_sq).flatten())
+                    d_gram.index_add_(0, self.jj[start:stop].flatten(), d_sq.flatten())
+                    d_gram.index_add_(0, self.ii[start:stop].flatten(), (d_sq - d_c / 2).sum(dim=-1))
+            if not need_grad:
+                return total, None
+            d_gram = d_gram.view_as(small[0])
+            return total, [d_gram + d_gram.transpose(1, 2)]
 
         return value
 

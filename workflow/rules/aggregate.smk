@@ -6,12 +6,12 @@ rule expected_runs:
     output:
         f"{STUDY_DIR}/expected.json",
     params:
-        runs=EXPECTED_RUNS,
+        runs=expected_runs(),
     log:
         f"{LOGS}/expected_runs.log",
     localrule: True
     run:
-        Path(output[0]).write_text(json.dumps(params.runs, indent=1) + "\n")
+        atomic_write_json(output[0], params.runs)
 
 
 rule aggregate:

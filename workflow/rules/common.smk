@@ -8,7 +8,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from ckd.config import parse_value
+from ckd.atomic import atomic_write_json
+from ckd.config import parse_value, run_fingerprint
 from ckd.errors import ConfigError
 from ckd.methods import load_methods, resolve_method
 
@@ -137,12 +138,6 @@ RUN_GRID = [
 ]
 TEACHER_RECORDS = [teacher_record(*key) for key in TEACHER_GRID]
 RUN_RECORDS = [run_record(*key) for key in RUN_GRID]
-# `ckd aggregate --expected`: teachers are listed as method "teacher" under their own name.
-EXPECTED_RUNS = [{"task": t, "student": name, "method": "teacher", "seed": s} for t, name, s in TEACHER_GRID] + [
-    {"task": t, "student": name, "method": m, "seed": s} for t, name, m, s in RUN_GRID
-]
-
-
 def _alternatives(names):
     return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
 
@@ -159,10 +154,14 @@ wildcard_constraints:
 
 
 def _arg(key, value):
-    """key=value for `ckd` (which parses values as YAML), shell-quoted: plain strings stay plain,
-    anything else is written as JSON, a subset of YAML."""
+    """key=value for `ckd` (which parses values as YAML): plain strings stay plain, anything else is
+    written as JSON, a subset of YAML."""
     plain = isinstance(value, str) and parse_value(value) == value
-    return shlex.quote(f"{key}={value if plain else json.dumps(value)}")
+    return f"{key}={value if plain else json.dumps(value)}"
+
+
+def _shell(args):
+    return " ".join(shlex.quote(arg) for arg in args)
 
 
 def _common_args(task, seed, output_dir=None, train_overrides=None):
@@ -179,12 +178,16 @@ def _model(spec, name):
     return {**spec, "name": name}
 
 
-def finetune_args(wildcards):
+def finetune_overrides(wildcards):
     teacher = config["teachers"][wildcards.teacher]
     output_dir = TEACHER_DIR.format(**wildcards)
     args = _common_args(wildcards.task, wildcards.seed, output_dir, teacher.get("train"))
     args.append(_arg("model", _model(teacher["model"], wildcards.teacher)))
-    return " ".join(args)
+    return args
+
+
+def finetune_args(wildcards):
+    return _shell(finetune_overrides(wildcards))
 
 
 def _teacher_dir(wildcards):
@@ -206,7 +209,7 @@ def distill_inputs(wildcards):
     return inputs
 
 
-def distill_args(wildcards):
+def distill_overrides(wildcards):
     method = METHODS[wildcards.method]
     student = config["students"][wildcards.student]
     output_dir = RUN_DIR.format(**wildcards)
@@ -222,14 +225,60 @@ def distill_args(wildcards):
         args.append(_arg("teacher_logits", inputs["logits"]))
     if "stage1" in inputs:
         args.append(_arg("init_from_run", str(Path(inputs["stage1"]).parent)))
-    return " ".join(args)
+    return args
+
+
+def distill_args(wildcards):
+    return _shell(distill_overrides(wildcards))
 
 
 def cache_logits_args(wildcards):
     """The data and teacher of the distillation runs that will read the logits file."""
     args = _common_args(wildcards.task, wildcards.seed)
     args.append(_arg("teacher", {"name_or_path": f"{TEACHER_DIR.format(**wildcards)}/model"}))
-    return " ".join(args)
+    return _shell(args)
+
+
+class _Wildcards(dict):
+    """Stands in for Snakemake's wildcards object outside a rule."""
+
+    __getattr__ = dict.__getitem__
+
+
+def expected_runs():
+    """`ckd aggregate --expected`: every run of the grid with the config fingerprint its record will carry
+    (a record with another fingerprint is stale). Teachers are listed as method "teacher" under their name."""
+    runs = []
+    for task, name, seed in TEACHER_GRID:
+        overrides = finetune_overrides(_Wildcards(task=task, teacher=name, seed=seed))
+        runs.append({"task": task, "student": name, "method": "teacher", "seed": seed,
+                     "config_fingerprint": run_fingerprint("finetune", overrides)})
+    for task, name, method, seed in RUN_GRID:
+        overrides = distill_overrides(_Wildcards(task=task, student=name, method=method, seed=seed))
+        runs.append({"task": task, "student": name, "method": method, "seed": seed,
+                     "config_fingerprint": run_fingerprint("distill", overrides)})
+    return runs
+
+
+def partial_tables():
+    """Tables from whatever finished, after a failed job (see onerror in the Snakefile)."""
+    import subprocess
+
+    if not any(Path(STUDY_DIR).glob("*/**/record.json")):
+        return
+    expected = Path(STUDY_DIR, "expected.json")
+    aggregate = config["aggregate"]
+    command = ["ckd", "aggregate", "--study-dir", STUDY_DIR, "--out", TABLES_DIR, "--bootstrap", str(aggregate["bootstrap"]),
+               "--baseline", aggregate["baseline"], "--score", aggregate["score"], "--alternative", aggregate["alternative"]]
+    if expected.is_file():
+        command += ["--expected", str(expected)]
+    Path(LOGS).mkdir(parents=True, exist_ok=True)
+    with open(f"{LOGS}/aggregate.partial.log", "w") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode == 0:
+        print(f"partial tables in {TABLES_DIR} (missing.md lists the failed runs)")
+    else:
+        print(f"partial tables failed: see {LOGS}/aggregate.partial.log")
 
 
 def resources_of(rule_kind):
