@@ -16,7 +16,7 @@ endif
 STUDY ?= smoke
 CORES ?= 2
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test demo bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -43,5 +43,25 @@ demo: setup
 	@echo "plots:   results/$(STUDY)/plots/"
 	@echo "report:  results/$(STUDY)/report.html"
 
+# CKD terms vs the dense baseline and every method's training step, CPU (and CUDA when visible);
+# about 10 minutes on 2 cores. Options: make bench BENCH_ARGS="--help"
+bench: setup
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
+
+# The notebooks (notebooks/*.ipynb), executed after the demo against results/$(STUDY), saved with
+# their outputs and as HTML in results/$(STUDY)/notebooks/.
+NOTEBOOKS := results ablations relations
+NOTEBOOK_OUT := results/$(STUDY)/notebooks
+.PHONY: notebooks
+notebooks: demo
+	@mkdir -p $(NOTEBOOK_OUT)
+	@for nb in $(NOTEBOOKS); do \
+	  echo "notebook: $$nb"; \
+	  CKD_STUDY_DIR="$(abspath results/$(STUDY))" $(BIN)/jupyter nbconvert --to notebook --execute \
+	    --ExecutePreprocessor.timeout=600 --output-dir $(NOTEBOOK_OUT) notebooks/$$nb.ipynb || exit 1; \
+	  $(BIN)/jupyter nbconvert --to html --output-dir $(NOTEBOOK_OUT) $(NOTEBOOK_OUT)/$$nb.ipynb || exit 1; \
+	done
+	@echo "notebooks: $(NOTEBOOK_OUT)/  (executed .ipynb and .html)"

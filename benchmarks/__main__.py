@@ -19,7 +19,7 @@ import torch
 
 from benchmarks import report
 from benchmarks.steps import METHODS, StepSizes, run_steps
-from benchmarks.terms import TermSizes, run_terms
+from benchmarks.terms import TERMS, TermSizes, run_terms
 
 QUICK_TERMS = TermSizes(batch=4, length=16, teacher_width=24, student_width=16, teacher_layers=4, student_layers=2, window=5)
 QUICK_STEPS = StepSizes(batch=4, length=16, student_layers=2)
@@ -50,12 +50,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=d.window, help="WR triple window")
     p.add_argument("--step-teacher", default=s.teacher, help="teacher of the step benchmark (a model reference)")
     p.add_argument("--step-student-layers", type=int, default=s.student_layers, help="student = the teacher's first k layers")
+    p.add_argument("--terms", default=",".join(TERMS), help="comma-separated rows of the term benchmark")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods of the step benchmark")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of our terms")
     p.add_argument("--dense-repeats", type=int, default=3, help="timed repeats of the dense baseline")
     p.add_argument("--step-repeats", type=int, default=3, help="timed repeats of each training step")
-    p.add_argument("--dense-memory-gb", type=float, default=4.0,
-                   help="run a dense term at a smaller batch (scaled up) when its estimated peak exceeds this")
+    p.add_argument("--dense-memory-gb", type=float, default=None,
+                   help="run a dense term at a smaller batch (scaled up) when its estimated peak exceeds this "
+                        "(default: 2 on CPU, half the free memory on CUDA)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (probes use the same)")
     p.add_argument("--sections", default="terms,steps", help="terms, steps or both")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -102,14 +104,19 @@ def section(device: torch.device, args, term_sizes: TermSizes, step_sizes: StepS
     memory = not args.no_memory
     sections = set(args.sections.split(","))
     result = out.setdefault(device.type, {})
+    if args.dense_memory_gb is not None:
+        dense_limit_mb = args.dense_memory_gb * 1024
+    else:
+        dense_limit_mb = 2048 if device.type == "cpu" else None  # None: half the free device memory
     if "terms" in sections:
         print(f"\nCKD relation terms, forward + backward: {term_sizes.describe()}")
         print(f"  ours: ckd.losses.relations; dense: benchmarks/dense.py (the authors' gathered difference vectors); "
               f"{repeats} / {dense_repeats} repeats; student gradients preallocated")
         started = time.time()
         rows = run_terms(term_sizes, device=device, repeats=repeats, dense_repeats=dense_repeats,
-                         dense_limit_mb=args.dense_memory_gb * 1024, threads=args.threads, memory=memory,
-                         autocast_dtype=autocast, log=lambda m: print(m, file=sys.stderr, flush=True))
+                         dense_limit_mb=dense_limit_mb, threads=args.threads, memory=memory,
+                         autocast_dtype=autocast, terms=[t for t in args.terms.split(",") if t],
+                         log=lambda m: print(m, file=sys.stderr, flush=True))
         lines, targets = report.term_table(rows, precision)
         print("\n".join(lines))
         print(f"  ({time.time() - started:.0f} s)")

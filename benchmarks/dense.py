@@ -38,7 +38,7 @@ def dense_wr_pair(teacher, student, attention_mask):
     t_embed, s_embed = t_embed.flatten(0, 1), s_embed.flatten(0, 1)
     m = attention_mask.float()
     mask = (m.unsqueeze(2) * m.unsqueeze(1)).unsqueeze(1).repeat(1, K, 1, 1).view(-1, n, n)
-    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=attention_mask.device)
     with torch.no_grad():
         t_norm = F.normalize(t_embed, p=2, dim=2)
         t_d = torch.bmm(t_norm, t_norm.transpose(1, 2))
@@ -53,7 +53,7 @@ def dense_ltr_pair(teacher, student, attention_mask):
     t_embed = t_embed.transpose(1, 2).reshape(B * n, K, -1)  # (B*n, K, d)
     s_embed = s_embed.transpose(1, 2).reshape(B * n, K, -1)
     mask = attention_mask.float().reshape(-1, 1, 1).repeat(1, K, K)
-    off_diagonal = ~torch.eye(K, dtype=torch.bool)
+    off_diagonal = ~torch.eye(K, dtype=torch.bool, device=attention_mask.device)
     with torch.no_grad():
         t_norm = F.normalize(t_embed, p=2, dim=2)
         t_d = torch.bmm(t_norm, t_norm.transpose(1, 2))
@@ -90,7 +90,7 @@ def dense_wr_triple(teacher, student, attention_mask, *, window=21, released_win
     if window is None:
         return _dense_full_triple(teacher, student, valid)
     radius = (window - 1) // 2
-    pos = torch.arange(n).unsqueeze(1) + torch.arange(-radius, radius + 1)
+    pos = torch.arange(n, device=valid.device).unsqueeze(1) + torch.arange(-radius, radius + 1, device=valid.device)
     idx = pos.clamp(0, n - 1)  # (n, w), edge positions repeated as in the released code
     if released_window_quirks:
         keep_j = valid.unsqueeze(-1).expand(B, n, window)

@@ -66,6 +66,11 @@ def term_table(rows: list[dict], precision: str = "float32") -> tuple[list[str],
                 f"  full (window=None) WR triple runs with peak extra memory < {FULL_TRIPLE_MB} MB: "
                 f"{'yes' if ok_full else 'NO'} ({_num(ours_mb, '.0f', 'not measured')} MB)"
             )
+    if rows:
+        notes.append(
+            f"  memory includes the student states' gradients: {rows[0]['gradient_floor_mb']:.0f} MB for all K layers, "
+            "which an LTR term (coupling the layers) returns at once, dense or not; WR terms return them layer by layer"
+        )
     return lines + notes, targets
 
 

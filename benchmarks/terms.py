@@ -118,14 +118,14 @@ def dense_estimate_mb(term: str, sizes: TermSizes) -> float:
 
 def run_terms(
     sizes: TermSizes, *, device: torch.device, repeats: int, dense_repeats: int, dense_limit_mb: float | None,
-    threads: int, memory: bool = True, autocast_dtype=None, log=print,
+    threads: int, memory: bool = True, autocast_dtype=None, terms=TERMS, log=print,
 ) -> list[dict]:
     """One result row per term: times, peak memory and values of ours and of the dense baseline."""
     if dense_limit_mb is None:
         free = torch.cuda.mem_get_info(device)[0] / 2**20 if device.type == "cuda" else available_mb()
         dense_limit_mb = 0.5 * free
     rows = []
-    for term in TERMS:
+    for term in terms:
         b_dense = dense_batch(term, sizes, dense_limit_mb)
         log(f"  {term}: timing ours (B={sizes.batch}) and dense (B={b_dense})")
         ours = term_case(term, "ours", sizes, sizes.batch, device, autocast_dtype)
@@ -138,6 +138,8 @@ def run_terms(
             "ours_times": times["ours"], "dense_times": times["dense"],
             "ours_value": float(ours()), "dense_value": float(base()),
             "dense_estimate_mb": dense_estimate_mb(term, sizes),
+            # the student states' gradients: a term coupling all layers (LTR) hands them back at once
+            "gradient_floor_mb": sizes.mapped_layers * sizes.batch * sizes.length * sizes.student_width * 4 / 2**20,
         }
         # values are compared on the batch the dense term ran on
         row["ours_value_at_dense_batch"] = (

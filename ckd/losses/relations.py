@@ -15,10 +15,13 @@ those of METHODS.md, "CKD relation losses":
 
 Everything is computed from Gram matrices (angles via <h_j - h_i, h_k - h_i> = G_jk - G_ij - G_ik +
 G_ii): no (B, n, n, d), (B, n, w, d) or (B, n, n, n) tensor is ever built. WR terms take one
-(B, n, n) Gram matrix per layer and side; LTR terms one K x K matrix per valid token, built from
-cache-sized chunks of tokens (no (B, n, K, d) stack). The window triple gathers Gram entries into
-(B, block, w, w) tensors for blocks of centre tokens; the full triple (window=None) reduces the
-O(n^3) sum to batched matrix products over (B, n, n) tensors in float64.
+(B, n, n) Gram matrix per layer and side (on CPU with right padding, products over each sentence's
+valid prefix only); LTR terms one K x K matrix per valid token, built from cache-sized chunks of
+tokens (no (B, n, K, d) stack). The window triple gathers Gram entries into (centres, w, w) tensors
+for blocks of valid centre tokens; the full triple (window=None) reduces the O(n^3) sum to batched
+matrix products over (B, n, n) tensors in float64. Pair KL, window and full triple gradients with
+respect to the Gram matrices are written out in closed form; the LTR ones come from autograd on the
+small per-token matrices.
 
 Memory: each term is one autograd node per layer (per term for LTR) that computes the gradient of
 the loss with respect to its small Gram matrices during the forward pass and keeps only that. Its
@@ -45,6 +48,8 @@ DEFAULT_WINDOW = 21  # the authors' released default
 _MASK_FILL = -1e4
 # Target size of a block's intermediates (one layer's sentences, a block of centre tokens) in wr_triple.
 _CHUNK_BYTES = 64 * 2**20
+# The same for the full triple, whose blocks are (B, block, n) float64 tensors in batched matrix products.
+_FULL_CHUNK_BYTES = 256 * 2**20
 # Target size of a chunk of tokens' stacked layer vectors in the LTR terms: small enough to stay in cache.
 _TOKEN_CHUNK_BYTES = 2 * 2**20
 # A squared difference below this fraction of |h_i|^2 + |h_j|^2 is rounding noise of the Gram trick:
@@ -208,6 +213,12 @@ class _ThroughGrams(torch.autograd.Function):
         return (None, None, *grads)
 
 
+def _through_grams(grams, value, *states) -> torch.Tensor:
+    if torch.is_grad_enabled() and any(h.requires_grad for h in states):
+        return _ThroughGrams.apply(grams, value, *states)
+    return value(grams.forward(states), False)[0]  # no gradient to prepare (e.g. under no_grad)
+
+
 class _TokenGram:
     """One layer's (B, n, n) Gram matrix of its token vectors: raw, or centred on the mean valid token
     (exact for angles, and it keeps Gram entries near the scale of the differences, which limits
@@ -241,17 +252,22 @@ class _TokenGram:
         x = h - torch.bmm(self.weights, h) / self.count
         return x.masked_fill_(self.pad, 0) if self.zero_padding else x
 
-    def sentence(self, h: torch.Tensor, b: int, length: int) -> torch.Tensor:  # per-sentence path
-        x = h[b, :length].to(self.dtype)
-        return x - x.mean(dim=0) if self.centre else x
+    def prefix_vectors(self, h: torch.Tensor) -> torch.Tensor:  # per-sentence path: only prefixes are read
+        h = h.to(self.dtype)
+        if not self.centre:
+            return h
+        mean = torch.bmm(self.weights, h) / self.count
+        if not bool(mean.isfinite().all()):  # non-finite padding (0 * value): zero it first
+            mean = torch.bmm(self.weights, h.masked_fill(self.pad, 0)) / self.count
+        return h - mean
 
     def forward(self, states):
         h = states[0]
         if self.lengths is not None:
+            x = self.prefix_vectors(h)
             gram = h.new_zeros(h.shape[0], h.shape[1], h.shape[1], dtype=self.dtype)
             for b, length in enumerate(self.lengths):
-                x = self.sentence(h, b, length)
-                torch.mm(x, x.T, out=gram[b, :length, :length])
+                torch.mm(x[b, :length], x[b, :length].T, out=gram[b, :length, :length])
             return (gram,)
         x = self.vectors(h)
         gram = torch.bmm(x, x.transpose(1, 2))
@@ -263,12 +279,14 @@ class _TokenGram:
     def backward(self, states, d_small):
         h, d_gram = states[0], d_small[0]
         if self.lengths is not None:
-            gh = torch.empty_like(h)
+            x = self.prefix_vectors(h)
+            gh = torch.empty(h.shape, dtype=self.dtype, device=h.device)
             for b, length in enumerate(self.lengths):
-                gx = d_gram[b, :length, :length] @ self.sentence(h, b, length)
-                gh[b, :length] = gx - gx.mean(dim=0) if self.centre else gx
+                torch.mm(d_gram[b, :length, :length], x[b, :length], out=gh[b, :length])
                 gh[b, length:] = 0
-            return (gh,)
+            if self.centre:  # back through x = h - mean of valid h (padded rows stay 0)
+                gh.addcmul_(self.weights.transpose(1, 2), gh.sum(dim=1, keepdim=True) / self.count, value=-1)
+            return (gh.to(h.dtype),)
         gx = torch.bmm(d_gram, self.vectors(h))
         if self.centre:  # back through x = mask * (h - mean of valid h)
             if self.zero_padding:
@@ -346,20 +364,23 @@ def wr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
     n = valid.shape[1]
     dtype = _compute_dtype(student[0])
     with _no_autocast(valid.device):
-        drop = ~(valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(n, dtype=torch.bool, device=valid.device))
-        any_kept = (~drop).any(dim=-1, keepdim=True).to(dtype)  # (B, n, 1): rows with a softmax at all
+        keep = valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(n, dtype=torch.bool, device=valid.device)
+        # Cosines are in [-1, 1]: adding the fill to masked entries takes them as far below the kept ones
+        # as replacing them would (their softmax weight is exactly 0), in one pass with the cosines.
+        fill = (~keep).to(dtype) * _MASK_FILL
+        any_kept = keep.any(dim=-1, keepdim=True).to(dtype)  # (B, n, 1): rows with a softmax at all
         none_kept = -any_kept
         grams = _TokenGram(valid, dtype)
         total = None
         for t, s in zip(teacher, student):
             with torch.no_grad():
                 (g_t,) = grams.fresh().forward([t])
-                logits_t = _cosines(g_t).masked_fill_(drop, _MASK_FILL)
+                logits_t = torch.addcmul(fill, g_t, _cosine_scale(g_t))
                 # -P_T on kept entries, 0 elsewhere: masked entries have probability exactly 0, and rows
-                # with nothing kept (uniform over fill values) are zeroed by any_kept.
+                # with nothing kept are zeroed by any_kept.
                 neg_p_t = logits_t.softmax(dim=-1).mul_(none_kept)
-            value = _PairKL(logits_t.log_softmax(dim=-1), neg_p_t, any_kept, drop)
-            kl = _ThroughGrams.apply(grams.fresh(), value, s)
+            value = _PairKL(logits_t.log_softmax(dim=-1), neg_p_t, any_kept, fill)
+            kl = _through_grams(grams.fresh(), value, s)
             total = kl if total is None else total + kl
         lengths = valid.sum(dim=1).to(dtype)
         return total / _denominator(len(student) * lengths.square().sum())
@@ -369,14 +390,13 @@ class _PairKL:
     """sum over kept (i, j) of P_T log(P_T / P_S) for P_S the row softmax of the student's cosines,
     with its gradient with respect to the student's Gram matrix in closed form."""
 
-    def __init__(self, log_pt: torch.Tensor, neg_p_t: torch.Tensor, any_kept: torch.Tensor, drop: torch.Tensor):
-        self.log_pt, self.neg_p_t, self.any_kept, self.drop = log_pt, neg_p_t, any_kept, drop
+    def __init__(self, log_pt: torch.Tensor, neg_p_t: torch.Tensor, any_kept: torch.Tensor, fill: torch.Tensor):
+        self.log_pt, self.neg_p_t, self.any_kept, self.fill = log_pt, neg_p_t, any_kept, fill
 
     def __call__(self, small, need_grad: bool):
         gram = small[0]
         scale = _cosine_scale(gram)
-        cos = gram * scale  # as _cosines, to the last bit
-        logits = cos.masked_fill(self.drop, _MASK_FILL)
+        logits = torch.addcmul(self.fill, gram, scale)  # as the teacher's, to the last bit
         log_ps = logits.log_softmax(dim=-1)
         # softmax rather than exp(log_ps): exp is slow on the underflowing masked entries
         p_s = logits.softmax(dim=-1) if need_grad else None
@@ -387,8 +407,8 @@ class _PairKL:
         d_cos = torch.addcmul(self.neg_p_t, p_s, self.any_kept)
         d_cos = d_cos + d_cos.transpose(1, 2)
         # cos = G_ij r_i r_j with r = diag(G)^-1/2, so the diagonal of the symmetrised gradient also gets
-        # -r_i^2 * sum_j (D_ij + D_ji) cos_ij (0 where the norm was clamped).
-        d_diag = torch.linalg.vecdot(d_cos, cos).mul_(scale.diagonal(dim1=-2, dim2=-1))
+        # -r_i^2 * sum_j (D_ij + D_ji) cos_ij (0 where the norm was clamped); D is 0 where logits != cos.
+        d_diag = torch.linalg.vecdot(d_cos, logits).mul_(scale.diagonal(dim1=-2, dim2=-1))
         d_diag = torch.where(gram.diagonal(dim1=-2, dim2=-1) >= 1e-24, d_diag, 0)
         d_gram = d_cos.mul_(scale)
         d_gram.diagonal(dim1=-2, dim2=-1).sub_(d_diag)
@@ -411,7 +431,7 @@ def ltr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
         def value(small, need_grad):
             return _value_and_grad(lambda g: _masked_kl(cos_t, _cosines(g), keep), small, need_grad)
 
-        total = _ThroughGrams.apply(grams, value, *student)
+        total = _through_grams(grams, value, *student)
         return total / _denominator(K * K * valid.sum().to(dtype))
 
 
@@ -438,7 +458,7 @@ def ltr_triple(teacher_states, student_states, attention_mask) -> torch.Tensor:
         def value(small, need_grad):
             return _value_and_grad(lambda g: (_layer_angles(g) - psi_t).square().sum(), small, need_grad)
 
-        total = _ThroughGrams.apply(grams, value, *student)
+        total = _through_grams(grams, value, *student)
         return total / _denominator(K**3 * valid.sum().to(dtype))
 
 
@@ -487,30 +507,17 @@ def wr_triple(
         for t, s in zip(teacher, student):
             with torch.no_grad():
                 (g_t,) = grams.fresh().forward([t])
-            layer = _ThroughGrams.apply(grams.fresh(), value_of.against(g_t), s)
+            layer = _through_grams(grams.fresh(), value_of.against(g_t), s)
             total = layer if total is None else total + layer
         if window is None:
             return total.to(dtype) / _denominator(K * lengths.pow(3).sum())
         return total / _denominator(K * lengths.sum() * window**2)
 
 
-def _blocks(n: int, chunk_size: int | None, bytes_per_centre: int) -> list[tuple[int, int]]:
-    """(start, stop) of blocks of centre tokens, about _CHUNK_BYTES of intermediates each."""
-    size = chunk_size or max(1, _CHUNK_BYTES // max(1, bytes_per_centre))
+def _blocks(n: int, chunk_size: int | None, bytes_per_centre: int, budget: int = _CHUNK_BYTES) -> list[tuple[int, int]]:
+    """(start, stop) of blocks of centre tokens, about `budget` bytes of intermediates each."""
+    size = chunk_size or max(1, budget // max(1, bytes_per_centre))
     return [(start, min(start + size, n)) for start in range(0, n, size)]
-
-
-def _sum_blocks(block_sum, g_s: torch.Tensor, blocks, need_grad: bool):
-    """Sum of block_sum(g_s, start, stop) over blocks of centre tokens and, if asked, its gradient with
-    respect to g_s, taken block by block so that only one block's intermediates exist at a time."""
-    total = g_s.new_zeros(())
-    d_gram = torch.zeros_like(g_s) if need_grad else None
-    for start, stop in blocks:
-        value, grad = _value_and_grad(lambda g: block_sum(g, start, stop), [g_s], need_grad)
-        total = total + value
-        if need_grad:
-            d_gram += grad[0]  # symmetrised already
-    return total, (None if d_gram is None else [d_gram])
 
 
 class _WindowTriple:
@@ -543,11 +550,11 @@ class _WindowTriple:
         self.jk = (base + j * n).unsqueeze(2) + j.unsqueeze(1)
 
     def angles(self, g: torch.Tensor, start: int, stop: int):
-        """psi (c, w, w), the rays x (c, w) and the squared distances' eps-mask inputs of centres start..stop-1."""
-        g_ii, g_ij, g_jj = g[self.ii[start:stop]], g[self.ij[start:stop]], g[self.jj[start:stop]]
+        """psi (c, w, w), the rays x (c, w) and x_j x_k (c, w, w) of centres start..stop-1 (g: flattened Gram)."""
+        g_ii, g_ij, g_jj = (torch.take(g, index[start:stop]) for index in (self.ii, self.ij, self.jj))
         x, c = _rays(g_ii, g_ij, g_jj, self.keep[start:stop])
         xx = x.unsqueeze(-1) * x.unsqueeze(-2)
-        psi = g[self.jk[start:stop]].sub_(c.unsqueeze(-1)).sub_(c.unsqueeze(-2)).mul_(xx)
+        psi = torch.take(g, self.jk[start:stop]).sub_(c.unsqueeze(-1)).sub_(c.unsqueeze(-2)).mul_(xx)
         return psi, x, xx
 
     def against(self, g_t: torch.Tensor):
@@ -584,45 +591,89 @@ class _FullTriple:
 
     With psi_i = diag(x_i) G diag(x_i) - y_i x_i^T - x_i y_i^T (rays of centre i, y = c * x), each
     centre's sum of squared differences is |psi_S,i|^2 - 2 <psi_S,i, psi_T,i> + |psi_T,i|^2 (Frobenius),
-    and every such inner product reduces to bilinear forms of G, i.e. batched matrix products. The
-    expansion cancels when psi_S ~ psi_T, so it runs in float64 whatever the input precision.
+    and each inner product <psi_a,i, psi_b,i> = z^T (G_a * G_b) z - 2 (u^T G_a z + v^T G_b z)
+    + 2 [(y_a.y_b)(x_a.x_b) + (y_a.x_b)(x_a.y_b)] with z = x_a x_b, u = x_a y_b, v = y_a x_b is a
+    bilinear form of G: batched matrix products over blocks of centres, whose gradients (2 M z,
+    Z^T Z, G u, U^T Z) are matrix products too, written out below. The expansion cancels when
+    psi_S ~ psi_T, so it runs in float64 whatever the input precision.
     """
 
     def __init__(self, valid: torch.Tensor, dtype: torch.dtype, chunk_size: int | None):
         self.valid, self.dtype, self.chunk_size = valid, dtype, chunk_size
 
-    def rays(self, g, start, stop):  # x, y of centres start..stop-1: (B, c, n)
+    def rays(self, g, start, stop):  # x, c, y = c * x of centres start..stop-1: (B, c, n)
         d = g.diagonal(dim1=1, dim2=2)
         keep = self.valid[:, start:stop, None] & self.valid[:, None, :]
         x, c = _rays(d[:, start:stop, None], g[:, start:stop], d[:, None, :], keep, gram_dtype=self.dtype)
-        return x, c * x
-
-    @staticmethod
-    def inner(ga, xa, ya, gb, xb, yb):  # sum over the block's centres of <psi_a,i, psi_b,i>
-        z = xa * xb
-        mm = (torch.bmm(z, ga * gb) * z).sum()
-        mr = (torch.bmm(xa * yb, ga) * z).sum() + (torch.bmm(ya * xb, gb) * z).sum()
-        rr = ((ya * yb).sum(-1) * z.sum(-1) + (ya * xb).sum(-1) * (xa * yb).sum(-1)).sum()
-        return mm - 2 * mr + 2 * rr
+        return x, c, c * x
 
     def against(self, g_t: torch.Tensor):
         g_t = g_t.double()
+        gt_gt = g_t * g_t
 
         def value(small, need_grad):
-            def block_sum(gs, start, stop):
-                gs = gs.double()
-                x_s, y_s = self.rays(gs, start, stop)
-                with torch.no_grad():
-                    x_t, y_t = self.rays(g_t, start, stop)
-                    tt = self.inner(g_t, x_t, y_t, g_t, x_t, y_t)
-                return self.inner(gs, x_s, y_s, gs, x_s, y_s) - 2 * self.inner(gs, x_s, y_s, g_t, x_t, y_t) + tt
-
-            n = g_t.shape[1]
-            # about 16 (B, block, n) float64 tensors are alive at once in a block
-            blocks = _blocks(n, self.chunk_size, 16 * g_t.shape[0] * n * 8)
-            return _sum_blocks(block_sum, small[0], blocks, need_grad)
+            g_s = small[0].double()
+            gs_gs, gs_gt = g_s * g_s, g_s * g_t
+            total = g_s.new_zeros(())
+            d_gram = torch.zeros_like(g_s) if need_grad else None
+            n = g_s.shape[1]
+            # about 30 (B, block, n) float64 tensors are alive at once in a block
+            for start, stop in _blocks(n, self.chunk_size, 30 * g_s.shape[0] * n * 8, _FULL_CHUNK_BYTES):
+                total = total + self.block(g_s, gs_gs, gs_gt, g_t, gt_gt, start, stop, d_gram)
+            if not need_grad:
+                return total, None
+            return total, [(d_gram + d_gram.transpose(1, 2)).to(small[0].dtype)]
 
         return value
+
+    def block(self, g_s, gs_gs, gs_gt, g_t, gt_gt, start, stop, d_gram):
+        """The block's sum; adds its gradient with respect to g_s (every entry free) to d_gram if given."""
+        c = stop - start
+        x_t, _, y_t = self.rays(g_t, start, stop)
+        x_s, c_s, y_s = self.rays(g_s, start, stop)
+        z_tt, z_ss, z_st = x_t * x_t, x_s * x_s, x_s * x_t
+        u_ss, u_st, v_st = x_s * y_s, x_s * y_t, y_s * x_t
+        p_ss, p_st, r_st = torch.bmm(z_ss, gs_gs), torch.bmm(z_st, gs_gt), torch.bmm(z_st, g_t)
+        z = torch.cat([z_ss, z_st], dim=1)
+        q = torch.bmm(z, g_s)
+        q_ss, q_st = q[:, :c], q[:, c:]
+
+        def dot(a, b):
+            return torch.dot(a.flatten(), b.flatten())
+
+        vdot = torch.linalg.vecdot
+        a1, a2, a3 = vdot(y_s, y_s), vdot(x_s, x_s), vdot(y_s, x_s)
+        b1, b2, b3, b4 = vdot(y_s, y_t), vdot(x_s, x_t), vdot(y_s, x_t), vdot(x_s, y_t)
+        inner_ss = dot(p_ss, z_ss) - 4 * dot(u_ss, q_ss) + 2 * (dot(a1, a2) + dot(a3, a3))
+        inner_st = dot(p_st, z_st) - 2 * (dot(u_st, q_st) + dot(v_st, r_st)) + 2 * (dot(b1, b2) + dot(b3, b4))
+        u_tt = x_t * y_t
+        inner_tt = (dot(torch.bmm(z_tt, gt_gt), z_tt) - 4 * dot(u_tt, torch.bmm(z_tt, g_t))
+                    + 2 * (dot(vdot(y_t, y_t), vdot(x_t, x_t)) + dot(u_tt.sum(-1), u_tt.sum(-1))))
+        if d_gram is None:
+            return inner_ss - 2 * inner_st + inner_tt
+        # matrix terms: d/dG (z^T M z) = M's factor * Z^T Z, d/dG (u^T G z) = U^T Z
+        d_gram.add_(torch.bmm(z_ss.transpose(1, 2), z_ss).mul_(g_s), alpha=2)
+        d_gram.add_(torch.bmm(z_st.transpose(1, 2), z_st).mul_(g_t), alpha=-2)
+        d_gram.baddbmm_(torch.cat([u_ss, u_st.neg()], dim=1).transpose(1, 2), z, alpha=-4)
+        gu = torch.bmm(torch.cat([u_ss, u_st], dim=1), g_s)
+        # a quarter of d/dx_s and d/dy_s: through z = x x', u = x y', v = y x' and the rank-one terms
+        d_x = torch.add(p_ss, gu[:, :c], alpha=-2).mul_(x_s)
+        d_x.addcmul_(x_t, gu[:, c:].add_(torch.bmm(v_st, g_t)).sub_(p_st))
+        d_x.addcmul_(y_s, q_ss, value=-1).addcmul_(y_t, q_st)
+        d_x.addcmul_(x_s, a1.unsqueeze(-1)).addcmul_(y_s, a3.unsqueeze(-1))
+        d_x.addcmul_(x_t, b1.unsqueeze(-1), value=-1).addcmul_(y_t, b3.unsqueeze(-1), value=-1)
+        d_y = torch.mul(x_t, r_st).addcmul_(x_s, q_ss, value=-1)
+        d_y.addcmul_(y_s, a2.unsqueeze(-1)).addcmul_(x_s, a3.unsqueeze(-1))
+        d_y.addcmul_(y_t, b2.unsqueeze(-1), value=-1).addcmul_(x_t, b4.unsqueeze(-1), value=-1)
+        d_x.addcmul_(c_s, d_y)  # y = c x
+        # x = |h_j - h_i|^-1 with |h_j - h_i|^2 = G_ii - 2 G_ij + G_jj, c = G_ij - G_ii / 2:
+        # d_sq = -2 x^3 d_x, d_c = 4 x d_y (quarters undone)
+        t = x_s.pow(3).mul_(d_x)
+        w = torch.addcmul(t, x_s, d_y)
+        d_gram[:, start:stop].add_(w, alpha=4)  # d_c - 2 d_sq on G_ij
+        d_gram.diagonal(dim1=1, dim2=2).add_(t.sum(dim=1), alpha=-2)  # d_sq on G_jj
+        d_gram.diagonal(dim1=1, dim2=2)[:, start:stop].add_(w.sum(dim=-1), alpha=-2)  # d_sq - d_c / 2 on G_ii
+        return inner_ss - 2 * inner_st + inner_tt
 
 
 RELATION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {

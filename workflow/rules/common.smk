@@ -298,3 +298,35 @@ def table_outputs():
         for name, formats in TABLE_FORMATS.items()
         for ext in formats
     }
+
+
+# ------------------------------------------------------------------ GPUs, torchrun, retries
+
+
+def gpus_of(rule_kind):
+    return int(resources_of(rule_kind).get("gpu") or 0)
+
+
+def scaled(rule_kind, name):
+    """A resource that grows with the attempt: a job killed for memory or time gets more next time."""
+    base = resources_of(rule_kind)[name]
+    return lambda wildcards, attempt: base * attempt
+
+
+GPU_PIN = Path(workflow.basedir).resolve() / "workflow" / "scripts" / "gpu-pin.sh"
+
+
+def ckd_launcher(rule_kind):
+    """`ckd`, or `torchrun --standalone --nproc_per_node N -m ckd.cli` when the rule asks for N > 1 GPUs;
+    a GPU job starts through gpu-pin.sh, which gives it GPUs of its own outside SLURM."""
+    gpus = gpus_of(rule_kind)
+    command = f"torchrun --standalone --nproc_per_node {gpus} -m ckd.cli" if gpus > 1 else "ckd"
+    if gpus > 0:
+        command = f"bash {shlex.quote(str(GPU_PIN))} {gpus} {command}"
+    return command
+
+
+def threads_per_process(rule_kind):
+    """train.threads of each process: the job's threads shared among its torchrun processes."""
+    return max(1, int(resources_of(rule_kind)["threads"]) // max(1, gpus_of(rule_kind)))
+

@@ -12,13 +12,16 @@ rule distill:
         f"{LOGS}/runs/{{task}}/{{student}}/{{method}}/seed{{seed}}.log",
     params:
         args=distill_args,
+        launch=ckd_launcher("distill"),
+        threads=threads_per_process("distill"),
     threads: resources_of("distill")["threads"]
     resources:
-        mem_mb=resources_of("distill")["mem_mb"],
-        runtime=resources_of("distill")["runtime"],
-        gpu=resources_of("distill")["gpu"],
-    retries: config["retries"]
+        mem_mb=scaled("distill", "mem_mb"),
+        runtime=scaled("distill", "runtime"),
+        gpu=gpus_of("distill"),
+    retries: config.get("retries")
     conda:
         "../../environment.yml"
     shell:
-        "ckd distill {params.args} train.threads={threads} > {log} 2>&1"
+        # ckd_launcher, scaled: the end of common.smk
+        "{params.launch} distill {params.args} train.threads={params.threads} > {log} 2>&1"

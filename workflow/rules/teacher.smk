@@ -1,4 +1,11 @@
 # Teachers: fine-tune per (task, teacher, seed); optionally cache their training-set logits.
+#
+# Resources come from the study's `resources.<kind>` (threads, mem_mb, runtime, gpu). A retried job
+# (--retries, or the study's `retries`) asks for attempt x mem_mb and runtime, and resumes from its
+# last checkpoint. gpu: N > 1 runs the job under torchrun, one process per GPU (ckd/distributed.py).
+# GPU jobs start through workflow/scripts/gpu-pin.sh: on one machine it pins each job to GPUs of its
+# own (CUDA_VISIBLE_DEVICES); under SLURM the scheduler has already done so. The helpers
+# (scaled, gpus_of, ckd_launcher, threads_per_process) are at the end of common.smk.
 
 
 rule finetune_teacher:
@@ -8,16 +15,18 @@ rule finetune_teacher:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.log",
     params:
         args=finetune_args,
+        launch=ckd_launcher("finetune"),
+        threads=threads_per_process("finetune"),
     threads: resources_of("finetune")["threads"]
     resources:
-        mem_mb=resources_of("finetune")["mem_mb"],
-        runtime=resources_of("finetune")["runtime"],
-        gpu=resources_of("finetune")["gpu"],
-    retries: config["retries"]
+        mem_mb=scaled("finetune", "mem_mb"),
+        runtime=scaled("finetune", "runtime"),
+        gpu=gpus_of("finetune"),
+    retries: config.get("retries")
     conda:
         "../../environment.yml"
     shell:
-        "ckd finetune {params.args} train.threads={threads} > {log} 2>&1"
+        "{params.launch} finetune {params.args} train.threads={params.threads} > {log} 2>&1"
 
 
 rule cache_teacher_logits:
@@ -31,10 +40,10 @@ rule cache_teacher_logits:
         args=cache_logits_args,
     threads: resources_of("cache_logits")["threads"]
     resources:
-        mem_mb=resources_of("cache_logits")["mem_mb"],
-        runtime=resources_of("cache_logits")["runtime"],
-        gpu=resources_of("cache_logits")["gpu"],
-    retries: config["retries"]
+        mem_mb=scaled("cache_logits", "mem_mb"),
+        runtime=scaled("cache_logits", "runtime"),
+        gpu=min(1, gpus_of("cache_logits")),  # one process: ckd cache-logits uses one device
+    retries: config.get("retries")
     conda:
         "../../environment.yml"
     shell:

@@ -1,0 +1,76 @@
+"""The benchmark harness (`make bench`) at tiny sizes: it runs end to end, and our relation terms
+agree with the dense baseline (benchmarks/dense.py). No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import dense
+from benchmarks.__main__ import QUICK_TERMS, main
+from benchmarks.measure import probe
+from benchmarks.steps import METHODS, TEACHER_FORWARD
+from benchmarks.terms import TERMS, make_inputs, term_call
+from ckd.losses import relations
+from tests.test_relations import make_batch
+
+
+VARIANTS = [("wr_pair", {}), ("ltr_pair", {}), ("ltr_triple", {}), ("wr_triple", {}), ("wr_triple", {"window": 3}),
+            ("wr_triple", {"window": 5, "released_window_quirks": True}), ("wr_triple", {"window": None})]
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=["wr_pair", "ltr_pair", "ltr_triple", "wr_window21", "wr_window3",
+                                                        "wr_window5_released", "wr_full"])
+def test_dense_baseline_equals_ours_in_float64(name, kwargs):
+    teacher, student, mask = make_batch([12, 7, 1, 0, 9], 12, 4, seed=3)
+    ours = getattr(relations, name)(teacher, student, mask, **kwargs)
+    baseline = dense.DENSE[name](teacher, student, mask, **kwargs)
+    assert ours.item() > 0
+    assert baseline.item() == pytest.approx(ours.item(), rel=1e-10)
+
+
+def test_dense_baseline_gradients_equal_ours():
+    teacher, student, mask = make_batch([8, 5, 3], 8, 3, seed=4, requires_grad=True)
+    for name in TERMS:
+        loss, kwargs = term_call(name, QUICK_TERMS)
+        ours = torch.autograd.grad(getattr(relations, loss)(teacher, student, mask, **kwargs), student)
+        baseline = torch.autograd.grad(dense.DENSE[loss](teacher, student, mask, **kwargs), student)
+        for a, b in zip(ours, baseline):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_quick_benchmark_runs_and_values_agree(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--no-memory", "--device", "cpu", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "CKD relation terms" in printed and "Training steps" in printed and "Targets" in printed
+    result = json.loads(out.read_text())
+    rows = result["cpu"]["terms"]["rows"]
+    assert [row["term"] for row in rows] == list(TERMS)
+    for row in rows:
+        assert row["agree"] is True, row  # the fast and dense values agree
+        assert math.isfinite(row["ours_value"]) and row["ours_value"] > 0
+        assert row["ours_s"] > 0 and row["dense_s"] > 0
+    steps = {row["method"]: row for row in result["cpu"]["steps"]["rows"]}
+    assert set(steps) == set(METHODS) | {TEACHER_FORWARD}
+    assert all(row["seconds"] > 0 for row in steps.values())
+    assert steps["kd"]["vs_kd"] == pytest.approx(1.0)
+
+
+def test_dense_terms_too_large_for_memory_run_on_a_smaller_batch(capsys):
+    assert main(["--quick", "--no-memory", "--device", "cpu", "--sections", "terms", "--dense-memory-gb", "1e-6"]) == 0
+    printed = capsys.readouterr().out
+    assert "dense run at B=1 and scaled x4" in printed
+
+
+def test_memory_probe_measures_in_a_fresh_process():
+    spec = {"kind": "term", "term": "wr_triple", "impl": "dense", "sizes": vars(QUICK_TERMS) | {"batch": 2}, "batch": 2}
+    answer = probe(spec, threads=1, timeout=300)
+    assert "error" not in answer, answer
+    assert answer["extra_mb"] >= 0
+    teacher, student, mask = make_inputs(QUICK_TERMS, 2, torch.device("cpu"))
+    loss, kwargs = term_call("wr_triple", QUICK_TERMS)
+    assert answer["value"] == pytest.approx(dense.DENSE[loss](teacher, student, mask, **kwargs).item(), rel=1e-6)
