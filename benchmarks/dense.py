@@ -109,7 +109,7 @@ def dense_wr_triple(teacher, student, attention_mask, *, window=21, released_win
 
 
 def _dense_full_triple(teacher, student, valid):
-    K, (B, n) = len(student), valid.shape
+    K, n = len(student), valid.shape[1]
     keep = valid[:, :, None, None] & valid[:, None, :, None] & valid[:, None, None, :]
     keep = keep.repeat_interleave(K, 0)  # (B*K, n, n, n)
 
