@@ -3,13 +3,14 @@
 #
 #   bash workflow/scripts/slurm-local.sh install  # only the Debian packages (`up` does it too)
 #   bash workflow/scripts/slurm-local.sh up       # install (Debian packages), configure, start; idempotent
-#   export SLURM_CONF=/tmp/ckd-slurm/etc/slurm.conf   # what `up` prints: sbatch, sacct, ... use it
+#   sbatch / squeue / sacct / snakemake --profile workflow/profiles/slurm ...   # as on a cluster
 #   bash workflow/scripts/slurm-local.sh status   # daemons, node, partition
 #   bash workflow/scripts/slurm-local.sh down     # stop what `up` started (by its pid files), nothing else
 #
 # Needs root (apt-get, daemons), Debian/Ubuntu. Everything it writes lives under $CKD_SLURM_DIR
 # (default /tmp/ckd-slurm): configs in etc/, pid files and sockets in run/, logs in log/, spool and
-# accounting database below. It runs munged, mariadbd + slurmdbd (accounting, so that `sacct` works
+# accounting database below. The configs are written by the first `up` (delete the folder to change
+# them: CKD_SLURM_* settings, a new machine size). It runs munged, mariadbd + slurmdbd (accounting, so that `sacct` works
 # as on a real cluster), slurmctld and slurmd, all talking over 127.0.0.1 on ports
 # $CKD_SLURM_PORT .. $CKD_SLURM_PORT+3 (default 6817..6820). No system service is touched: the
 # packages' own daemons are not started. One thing lives outside that folder: /etc/slurm/slurm.conf,
