@@ -32,6 +32,15 @@ def _pair_kl(t_d, s_d, mask, keep):
     return F.kl_div(s_d, t_d, reduction="sum")
 
 
+def _cosine_matrices(t_embed: torch.Tensor, s_embed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched cosine matrices of (N, m, d) rows; the teacher's without gradient."""
+    with torch.no_grad():
+        t_norm = F.normalize(t_embed, p=2, dim=2)
+        t_d = torch.bmm(t_norm, t_norm.transpose(1, 2))
+    s_norm = F.normalize(s_embed, p=2, dim=2)
+    return t_d, torch.bmm(s_norm, s_norm.transpose(1, 2))
+
+
 def dense_wr_pair(teacher, student, attention_mask):
     t_embed, s_embed = _stack(teacher, 1), _stack(student, 1)  # (B, K, n, d), as the released code gets them
     B, K, n, _ = t_embed.shape
@@ -39,11 +48,7 @@ def dense_wr_pair(teacher, student, attention_mask):
     m = attention_mask.float()
     mask = (m.unsqueeze(2) * m.unsqueeze(1)).unsqueeze(1).repeat(1, K, 1, 1).view(-1, n, n)
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=attention_mask.device)
-    with torch.no_grad():
-        t_norm = F.normalize(t_embed, p=2, dim=2)
-        t_d = torch.bmm(t_norm, t_norm.transpose(1, 2))
-    s_norm = F.normalize(s_embed, p=2, dim=2)
-    s_d = torch.bmm(s_norm, s_norm.transpose(1, 2))
+    t_d, s_d = _cosine_matrices(t_embed, s_embed)
     return _pair_kl(t_d, s_d, mask, off_diagonal) / mask.sum().item()
 
 
@@ -54,11 +59,7 @@ def dense_ltr_pair(teacher, student, attention_mask):
     s_embed = s_embed.transpose(1, 2).reshape(B * n, K, -1)
     mask = attention_mask.float().reshape(-1, 1, 1).repeat(1, K, K)
     off_diagonal = ~torch.eye(K, dtype=torch.bool, device=attention_mask.device)
-    with torch.no_grad():
-        t_norm = F.normalize(t_embed, p=2, dim=2)
-        t_d = torch.bmm(t_norm, t_norm.transpose(1, 2))
-    s_norm = F.normalize(s_embed, p=2, dim=2)
-    s_d = torch.bmm(s_norm, s_norm.transpose(1, 2))
+    t_d, s_d = _cosine_matrices(t_embed, s_embed)
     return _pair_kl(t_d, s_d, mask, off_diagonal) / mask.sum().item()
 
 
