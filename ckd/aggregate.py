@@ -1,4 +1,5 @@
-"""Paper-style tables from the run records of a study: main, paper-vs-ours, ablation, significance, missing runs.
+"""Paper-style tables from the run records of a study: main, paper-vs-ours, ablation, significance, missing runs,
+and the settings a grid search selected (search/selected/, `ckd select`).
 
 Everything here is a pure function of the record.json / predictions.json files; values in the
 tables are x100. Each table is written as CSV (numbers, one fact per column), Markdown and LaTeX.
@@ -20,6 +21,7 @@ import pandas as pd
 from ckd.atomic import atomic_write_text
 from ckd.errors import CkdError, ConfigError
 from ckd.records import (
+    SEARCH_DIR,
     TEACHER_METHOD,
     load_predictions,
     load_records,
@@ -526,6 +528,78 @@ def significance_table(groups, columns: list[Column], score: str, baseline: str,
                  pd.DataFrame(records), notes, label_columns=2)
 
 
+# ---------------------------------------------------------------- selected settings (grid search)
+
+
+def load_selections(study_dir: Path) -> list[dict]:
+    """The grid-search choices of a study: every search/selected/<task>/<student>/<method>.json (`ckd select`)."""
+    selections = []
+    for path in sorted((study_dir / SEARCH_DIR / "selected").glob("*/*/*.json")):
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CkdError(f"{path}: unreadable selection ({exc}); delete it and re-run the workflow") from None
+        if not isinstance(summary, dict) or not {"task", "student", "method", "selection", "points"} <= set(summary):
+            raise CkdError(f"{path}: not a `ckd select` summary; delete it and re-run the workflow")
+        selections.append(summary)
+    return selections
+
+
+def _chosen_on(summary: dict) -> str:
+    if summary["selection"] == "dev":
+        return f"dev ({summary['split']}) — as the papers did; optimistic"
+    carve = summary.get("selection_split") or {}
+    cap = carve.get("max_examples")
+    return (f"split carved from train ({100 * carve.get('fraction', math.nan):g}%"
+            f"{f', at most {cap}' if cap else ''}, seed {carve.get('seed')})")
+
+
+def selected_settings_table(selections: list[dict], study: str) -> Table:
+    """Per task, student and method: the grid point chosen, its score where it was chosen, and where that was."""
+    header = ["Task", "Model", "Method", "Selected", "Score", "Chosen on", "Points", "Seeds"]
+    ordered = sorted(selections, key=lambda s: (task_sort_key(_task(s["task"]).name), s["student"], method_sort_key(s["method"])))
+    rows, records = [], []
+    for s in ordered:
+        options = s.get("selected_options") or {}
+        setting = ", ".join(f"{k}={json.dumps(v)}" for k, v in options.items()) or s["selected"]
+        seeds = s["points"][0]["seeds"] if s["points"] else []
+        score = f"{s['metric']} {fmt_num(100 * s['selected_mean'])}"
+        rows.append([_task(s["task"]).display, s["student"], s["method"], setting, score, _chosen_on(s),
+                     str(len(s["points"])), str(len(seeds))])
+        records.append({
+            "task": _task(s["task"]).name, "student": s["student"], "method": s["method"], "selection": s["selection"],
+            "split": s["split"], "metric": s["metric"], "score": s.get("score"), "selected": s["selected"],
+            "selected_options": json.dumps(options, sort_keys=True), "selected_mean": 100 * s["selected_mean"],
+            "points": len(s["points"]), "search_seeds": len(seeds),
+            "point_means": json.dumps({p["point"]: 100 * p["mean"] for p in s["points"]}),
+        })
+    caption = [
+        "Grid search (search: block of the study): each point trained once per search seed; the point with the best "
+        "mean of the task's selection metric (x100) over the search seeds wins, ties to the point declared first; "
+        "the winner is then re-run on the study's seeds on the full training set (the rows of the other tables).",
+        "Chosen on a split carved from the training set: the dev set was not read to choose. "
+        "Chosen on dev: as the papers did; those rows' dev scores are optimistic.",
+    ]
+    notes = [] if rows else ["No grid search in this study."]
+    return Table("selected_settings", f"Selected settings, study {study}", caption, header, rows, pd.DataFrame(records),
+                 notes, label_columns=4)
+
+
+def label_selection(tables: list[Table], selections: list[dict]) -> None:
+    """Say in every table which rows had their settings chosen by a search, and where (dev: in the title too)."""
+    by_kind: dict[str, set] = {}
+    for s in selections:
+        by_kind.setdefault(s["selection"], set()).add(s["method"])
+    for table in tables:
+        if "carve" in by_kind:
+            table.caption.append(f"Settings of {', '.join(sorted(by_kind['carve']))}: chosen by grid search on a split "
+                                 "carved from the training set, not on dev (selected_settings table).")
+        if "dev" in by_kind:
+            table.caption.append(f"Settings of {', '.join(sorted(by_kind['dev']))}: chosen by grid search ON THE DEV SET "
+                                 "(selection: dev, as the papers did): their dev scores are optimistic (selected_settings table).")
+            table.title += " [settings selected on dev]"
+
+
 # ---------------------------------------------------------------- missing runs
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -806,6 +880,9 @@ def aggregate_study(
         significance_table(groups, columns, score, baseline, n_boot=n_boot, seed=seed, alternative=alternative,
                            study=study),
     ]
+    selections = load_selections(study_dir)
+    label_selection(tables, selections)
+    tables.append(selected_settings_table(selections, study))
     written = []
     for table in tables:
         written += write_table(table, out_dir)

@@ -3,7 +3,11 @@
 A reader therefore sees either the previous complete file/folder or the new complete one, never a
 partial one, whenever the writer is killed. Temporaries are named `.<name>.<random>.tmp`; a folder
 being replaced is moved aside to `.<name>.old` for the moment between the two renames.
-Write failures (disk full, no permission) become an `OutputError` naming the path, with nothing left behind.
+Write failures (disk full, no permission) become an `OutputError` naming the path, with nothing left behind;
+libraries that report a failed write in their own words (safetensors' "No space left on device", torch's
+"unexpected pos") are translated too (`write_failure`). What is written gets the permissions the process's
+umask gives a newly created file or folder (0644 / 0755 under umask 022), like `open()` and `mkdir()`,
+not the 0600 / 0700 of Python's `tempfile`.
 """
 
 from __future__ import annotations
@@ -28,15 +32,68 @@ class OutputError(CkdError):
     """A result file or folder could not be written (disk full, no permission, ...)."""
 
 
-def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
+def output_error(path: str | os.PathLike, exc: OSError, kept: str = "no partial file was left", what: str = "") -> OutputError:
+    """One line for a failed write of `path` (a `what`, e.g. "checkpoint "): what failed, what is left (`kept`), the fix."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutputError(
-            f"cannot write {path}: disk full ({exc.strerror or 'no space left on device'}); no partial file was left. "
+            f"cannot write {what}{path}: disk full ({exc.strerror or 'no space left on device'}); {kept}. "
             "Free space there (or point the output elsewhere) and run the same command again"
         )
     return OutputError(
-        f"cannot write {path}: {exc.strerror or exc}; no partial file was left. Check that the folder is writable and run the same command again"
+        f"cannot write {what}{path}: {exc.strerror or exc}; {kept}. Check that the folder is writable and run the same command again"
     )
+
+
+# what libraries say when their write failed because the disk is full
+_DISK_FULL_WORDS = ("no space left on device", "os error 28", "disk quota exceeded")
+# what they say when a write failed for a reason they do not name (torch's zip writer on a full disk)
+_WRITE_FAILED_WORDS = ("unexpected pos", "failed writing", "file write failed", "error while serializing")
+
+
+def write_failure(
+    path: str | os.PathLike, exc: BaseException, kept: str = "no partial file was left", what: str = ""
+) -> OutputError | None:
+    """The `OutputError` for an exception raised while writing `path`, or None if it is not a write failure."""
+    if isinstance(exc, OutputError):
+        return exc
+    if isinstance(exc, OSError):
+        return output_error(path, exc, kept, what)
+    text = str(exc).lower()
+    if any(words in text for words in _DISK_FULL_WORDS) or (
+        any(words in text for words in _WRITE_FAILED_WORDS) and _nearly_full(Path(path))
+    ):
+        return output_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), kept, what)
+    if any(words in text for words in _WRITE_FAILED_WORDS):
+        return OutputError(
+            f"cannot write {what}{path}: the write failed ({str(exc).splitlines()[0][:200]}); {kept}. "
+            "Check the disk and that the folder is writable, then run the same command again"
+        )
+    return None
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the filesystem holding `path` has (almost) no room left: less than 64 KiB free."""
+    for folder in (path, *path.parents):
+        try:
+            stats = os.statvfs(folder)
+        except OSError:
+            continue
+        return stats.f_bavail * stats.f_frsize < 64 * 1024
+    return False
+
+
+def umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,6 +130,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp creates 0600
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -83,8 +141,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise output_error(path, exc) from exc
+        error = write_failure(path, exc) if isinstance(exc, Exception) else None
+        if error is not None and error is not exc:
+            raise error from exc
         raise
     _fsync_dir(path.parent)
 
@@ -108,6 +167,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     _mkdir(path.parent)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp creates 0700
     except OSError as exc:
         raise output_error(path, exc) from exc
     try:
@@ -115,21 +175,23 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
             _fsync_file(file)
         pause_point(f"dir-write:{path.name}")
+        old = _old_path(path)
         if path.exists():
-            old = _old_path(path)
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
             pause_point(f"dir-swap:{path.name}")
             os.replace(tmp, path)
-            shutil.rmtree(old)
         else:
             os.replace(tmp, path)
+        if old.exists():  # this replacement's previous folder, or one a killed replacement left
+            shutil.rmtree(old)
         _fsync_dir(path.parent)
     except BaseException as exc:
+        error = write_failure(path, exc) if isinstance(exc, Exception) else None  # before the clean-up frees space
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise output_error(path, exc) from exc
+        if error is not None and error is not exc:
+            raise error from exc
         raise
 
 

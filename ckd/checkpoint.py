@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckd.atomic import OutputError, atomic_directory, recover_directory, remove_stale_temporaries
+from ckd.atomic import atomic_directory, recover_directory, remove_stale_temporaries, write_failure
 from ckd.errors import CkdError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -39,14 +39,12 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     target = latest_path(run_dir)
     with atomic_directory(target) as tmp:
         try:
-            torch.save({"format_version": FORMAT_VERSION, **state}, tmp / STATE_FILE)
-        except RuntimeError as exc:  # torch's writer reports a failed write (e.g. disk full) as RuntimeError
-            if "write" not in str(exc).lower():
+            torch.save({"format_version": FORMAT_VERSION, "threads": torch.get_num_threads(), **state}, tmp / STATE_FILE)
+        except Exception as exc:  # torch reports a failed write (e.g. disk full: "unexpected pos") as RuntimeError
+            error = write_failure(target / STATE_FILE, exc, kept="the previous checkpoint is kept", what="checkpoint ")
+            if error is None:
                 raise
-            raise OutputError(
-                f"cannot write checkpoint {target / STATE_FILE}: the write failed (disk full?); the previous checkpoint "
-                "is kept. Free space there and run the same command again"
-            ) from exc
+            raise error from exc
 
 
 def load_checkpoint(run_dir: Path, config_fingerprint: str) -> dict[str, Any] | None:
@@ -65,6 +63,14 @@ def load_checkpoint(run_dir: Path, config_fingerprint: str) -> dict[str, Any] | 
     if state.get("config_fingerprint") != config_fingerprint:
         raise CkdError(
             f"checkpoint {path} belongs to a different config: use another output_dir or delete {path.parent.parent} to start over"
+        )
+    threads = state.get("threads")
+    if threads is not None and threads != torch.get_num_threads():
+        # on CPU, the thread count changes how reductions are split, hence the last bits of every step
+        raise CkdError(
+            f"checkpoint {path} was written with {threads} CPU thread(s), this run has {torch.get_num_threads()}: "
+            f"a resume must use the same count to continue the same numbers; run again with train.threads={threads} "
+            f"(or delete {path.parent.parent} to start over)"
         )
     return state
 

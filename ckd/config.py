@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,6 +24,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "max_length": 128,
     "synthetic_train_size": None,
     "synthetic_dev_size": None,
+    "selection_split": None,   # {fraction, max_examples, seed}: train minus a carved split, scored on it (ckd.data.loading)
 }
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -161,14 +164,137 @@ def _require(config: Mapping[str, Any], key: str, hint: str) -> None:
         raise ConfigError(f"missing config key {key!r}: {hint}")
 
 
+@dataclass(frozen=True)
+class Bound:
+    """What a numeric setting may hold: an integer or any finite number, within [low, high] (`open_*`: bound excluded)."""
+
+    integer: bool = False
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    none: bool = True  # None (= the default / not set) allowed
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if self.low == 0 and self.open_low and self.high is None:
+            return f"a positive {'integer' if self.integer else 'number'}"
+        def show(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.open_low else '>='} {show(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.open_high else '<='} {show(self.high)}")
+        return f"{kind} {' and '.join(parts)}" if parts else kind
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.none
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.open_high else value > self.high):
+            return False
+        return True
+
+
+POSITIVE_INT = Bound(integer=True, low=0, open_low=True)
+POSITIVE = Bound(low=0, open_low=True)
+NON_NEGATIVE = Bound(low=0)
+SEED = Bound(integer=True, low=0, high=2**32 - 1, none=False)  # what numpy, torch and Python's random all accept
+PROBABILITY_BELOW_1 = Bound(low=0, high=1, open_high=True)
+
+# Every numeric setting of a run config and the range it must lie in: the one place these constraints live.
+NUMERIC_KEYS: dict[str, Bound] = {
+    "seed": SEED,
+    "train.epochs": POSITIVE_INT,
+    "train.max_steps": POSITIVE_INT,
+    "train.batch_size": Bound(integer=True, low=0, open_low=True, none=False),
+    "train.grad_accum": Bound(integer=True, low=0, open_low=True, none=False),
+    "train.eval_every": POSITIVE_INT,
+    "train.checkpoint_every": POSITIVE_INT,
+    "train.eval_batch_size": Bound(integer=True, low=0, open_low=True, none=False),
+    "train.threads": POSITIVE_INT,
+    "train.lr": POSITIVE,
+    "train.weight_decay": Bound(low=0, none=False),
+    "train.adam_eps": Bound(low=0, open_low=True, none=False),
+    "train.warmup_ratio": Bound(low=0, high=1, open_high=True, none=False),
+    "train.max_grad_norm": Bound(low=0, none=False),  # 0: no clipping
+    "data.max_train_examples": POSITIVE_INT,
+    "data.max_eval_examples": POSITIVE_INT,
+    "data.subsample_seed": SEED,
+    "data.max_length": Bound(integer=True, low=2),  # [CLS] and [SEP] at least
+    "data.synthetic_train_size": POSITIVE_INT,
+    "data.synthetic_dev_size": POSITIVE_INT,
+}
+BOOLEAN_KEYS = ("train.save_model", "train.progress", "train.tensorboard", "use_task_settings")
+# the numeric keys of a model spec (model, teacher, student); the rest of a spec is checked by ckd.models
+MODEL_SPEC_NUMBERS: dict[str, Bound] = {
+    "layers": POSITIVE_INT, "hidden": POSITIVE_INT, "heads": POSITIVE_INT, "ffn": POSITIVE_INT,
+    "dropout": PROBABILITY_BELOW_1,
+}
+# method settings (config/methods.yaml `settings`, overridable by method_options) with a range of their own;
+# every other numeric setting (loss weights) must be finite and >= 0
+METHOD_SETTINGS: dict[str, Bound] = {
+    "alpha": Bound(low=0, high=1, none=False),
+    "temperature": Bound(low=0, open_low=True, none=False),
+    "lr": Bound(low=0, open_low=True),
+    "epochs": POSITIVE_INT,
+    "window": POSITIVE_INT,  # and odd; None: all triples
+}
+METHOD_FLAGS = ("t2_scale", "released_window_quirks")
+
+
+def _lookup_key(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def check_number(name: str, value: Any, bound: Bound) -> None:
+    """Raise a ConfigError naming `name` unless `value` has the type, finiteness and range of `bound`."""
+    if not bound.accepts(value):
+        raise ConfigError(f"config key {name} must be {bound.describe()}, got {value!r}")
+
+
 def _check_positive(section: Mapping[str, Any], name: str, key: str, *, allow_none: bool = True, integer: bool = True) -> None:
-    value = section.get(key)
-    if value is None and allow_none:
-        return
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-        kind = "integer" if integer else "number"
-        raise ConfigError(f"config key {name}.{key} must be a positive {kind}, got {value!r}")
+    bound = Bound(integer=integer, low=0, open_low=True, none=allow_none)
+    check_number(f"{name}.{key}", section.get(key), bound)
+
+
+def check_model_spec_numbers(role: str, spec: Any) -> None:
+    """The numeric keys of a model spec (`role` = model, teacher or student): layers >= 1, dropout in [0, 1), ..."""
+    if not isinstance(spec, Mapping):
+        return  # ckd.models refuses a spec that is not a mapping, naming it
+    for key, bound in MODEL_SPEC_NUMBERS.items():
+        if key in spec:
+            check_number(f"{role}.{key}", spec[key], bound)
+
+
+def check_method_settings(method: str, settings: Mapping[str, Any], options: Mapping[str, Any], methods_file: str) -> None:
+    """A resolved method's settings (alpha, temperature, window, loss weights, ...): type, finiteness, range.
+
+    A value given in `method_options` is named as `method_options.<key>`; one from the methods file is named there.
+    """
+    for key, value in settings.items():
+        name = f"method_options.{key}" if key in options else f"setting {key!r} of method {method!r} in {methods_file}"
+        if key in METHOD_FLAGS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+            continue
+        bound = METHOD_SETTINGS.get(key, Bound(low=0, none=False))
+        if key == "window" and bound.accepts(value) and value is not None and value % 2 == 0:
+            raise ConfigError(f"{name} must be an odd integer (the centre word and equal context on both sides), got {value!r}")
+        if not bound.accepts(value):
+            if key == "alpha" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                raise ConfigError(f"{name} must lie in [0, 1], got {value}")
+            raise ConfigError(f"{name} must be {bound.describe()}, got {value!r}")
 
 
 def _check_values(kind: str, config: Mapping[str, Any]) -> None:
@@ -179,25 +305,28 @@ def _check_values(kind: str, config: Mapping[str, Any]) -> None:
         _require(config, "output_dir", "say where the run goes, e.g. output_dir=results/try/rte")
     if isinstance(config["seed"], bool) or not isinstance(config["seed"], int):
         raise ConfigError(f"config key 'seed' must be an integer, got {config['seed']!r}")
+    if config.get("output_dir") is not None and not isinstance(config["output_dir"], str):
+        raise ConfigError(f"config key output_dir must be a path, got {config['output_dir']!r}")
+    for dotted, bound in NUMERIC_KEYS.items():
+        if dotted.split(".")[0] in config:
+            check_number(dotted, _lookup_key(config, dotted), bound)
+    for dotted in BOOLEAN_KEYS:
+        value = _lookup_key(config, dotted)
+        if dotted.split(".")[0] in config and not isinstance(value, bool):
+            raise ConfigError(f"config key {dotted} must be true or false, got {value!r}")
     train = config["train"]
-    for key in ("epochs", "max_steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "eval_batch_size", "threads"):
-        _check_positive(train, "train", key, allow_none=key not in ("batch_size", "grad_accum", "eval_batch_size"))
-    _check_positive(train, "train", "lr", integer=False)
     if train["batch_size"] % train["grad_accum"]:
         raise ConfigError(
             f"train.batch_size {train['batch_size']} is not divisible by train.grad_accum {train['grad_accum']}"
         )
-    for key in ("weight_decay", "warmup_ratio", "max_grad_norm"):
-        value = train[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"config key train.{key} must be a number >= 0, got {value!r}")
-    if train["warmup_ratio"] >= 1:
-        raise ConfigError(f"config key train.warmup_ratio must be below 1, got {train['warmup_ratio']!r}")
     data = config["data"]
     if data["source"] not in ("auto", "glue_dir", "hub", "synthetic"):
         raise ConfigError(f"config key data.source: {data['source']!r} is not one of auto, glue_dir, hub, synthetic")
-    for key in ("max_train_examples", "max_eval_examples", "max_length", "synthetic_train_size", "synthetic_dev_size"):
-        _check_positive(data, "data", key)
+    from ckd.data.loading import selection_spec
+
+    selection_spec(data["selection_split"])
+    for role in ("model", "teacher", "student"):
+        check_model_spec_numbers(role, config.get(role))
     if kind == "cache_logits":
         return
     if kind == "finetune":
@@ -207,6 +336,9 @@ def _check_values(kind: str, config: Mapping[str, Any]) -> None:
         _require(config, "method", "name the method from the methods file, e.g. method=ckd")
         if not isinstance(config["method_options"], Mapping):
             raise ConfigError(f"config key 'method_options' must be a mapping, got {config['method_options']!r}")
+        for key, value in config["method_options"].items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"config key method_options.{key} must be a finite number, got {value!r}")
 
 
 def fingerprint(obj: Any) -> str:
@@ -215,8 +347,25 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-# where a run is written, how it logs and what the study is called do not change its result
+# Where a run is written, how it logs and what the study is called do not change its result. The CPU
+# thread count changes the last bits of the numbers (how reductions are split), not what the experiment
+# is: it is left out of the fingerprint, kept in the record's config, and a resume must use the same
+# count as the checkpoint it continues (ckd.checkpoint.load_checkpoint).
 RESULT_NEUTRAL = {"study": None, "output_dir": None, "train": ("progress", "tensorboard", "threads", "eval_batch_size")}
+
+
+def result_relevant(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a run config that determines its result (see RESULT_NEUTRAL), the task by its canonical name."""
+    relevant = {k: copy.deepcopy(v) for k, v in config.items() if k not in RESULT_NEUTRAL or RESULT_NEUTRAL[k] is not None}
+    relevant["train"] = {k: v for k, v in (config.get("train") or {}).items() if k not in RESULT_NEUTRAL["train"]}
+    if relevant.get("task") is not None:
+        from ckd.data.tasks import get_task
+
+        try:
+            relevant["task"] = get_task(relevant["task"]).name
+        except CkdError:  # an unknown task fails later, with its own message
+            pass
+    return relevant
 
 
 def result_fingerprint(config: Mapping[str, Any]) -> str:
@@ -225,16 +374,7 @@ def result_fingerprint(config: Mapping[str, Any]) -> str:
     The run record's `config_fingerprint`; a study computes the same value for the runs it expects
     with `run_fingerprint` (the task is compared by its canonical name, so "SST-2" and "sst2" agree).
     """
-    relevant = {k: v for k, v in config.items() if k not in RESULT_NEUTRAL or RESULT_NEUTRAL[k] is not None}
-    relevant["train"] = {k: v for k, v in config["train"].items() if k not in RESULT_NEUTRAL["train"]}
-    if relevant.get("task") is not None:
-        from ckd.data.tasks import get_task
-
-        try:
-            relevant["task"] = get_task(relevant["task"]).name
-        except CkdError:  # an unknown task fails later, with its own message
-            pass
-    return fingerprint(relevant)
+    return fingerprint(result_relevant(config))
 
 
 def run_fingerprint(kind: str, overrides: list[str], config_file: str | Path | None = None) -> str:

@@ -1,4 +1,9 @@
-"""The methods file: each method a weighted set of loss terms with a layer map, resolved per task."""
+"""The methods file: each method a weighted set of loss terms with a layer map and a recipe, resolved per task.
+
+A recipe (``recipes.<name>`` in the file) holds one method family's hyper-parameters with their source:
+``settings`` (defaults) and ``tasks`` (per-task rows, applied under ``use_task_settings``). The resolved
+method records which recipe it used and the values that recipe supplied (``ResolvedMethod.recipe``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from typing import Any, Mapping
 from ckd.config import load_yaml
 from ckd.errors import ConfigError
 
-METHOD_KEYS = {"description", "extends", "drop", "terms", "settings", "layer_map", "teacher", "intermediate", "after"}
+METHOD_KEYS = {"description", "extends", "drop", "terms", "settings", "layer_map", "teacher", "intermediate", "after", "recipe"}
+RECIPE_KEYS = {"source", "settings", "tasks"}
+TOP_KEYS = ("settings", "recipes", "methods")
 TERM_OPTION_KEYS = {"weight"}  # other keys are passed to the loss term as options
 TRAIN_SETTINGS = ("lr", "epochs")
 
@@ -32,17 +39,50 @@ def load_methods(path: str | os.PathLike | None = None) -> dict[str, Any]:
     for key in ("settings", "methods"):
         if not isinstance(document.get(key), dict):
             raise ConfigError(f"{path}: needs a '{key}' mapping")
-    unknown_top = set(document) - {"settings", "task_settings", "methods"}
+    if "task_settings" in document:
+        raise ConfigError(
+            f"{path}: top-level 'task_settings' is no longer read; move the per-task rows under recipes.<name>.tasks "
+            f"and give each method that uses them `recipe: <name>`"
+        )
+    unknown_top = set(document) - set(TOP_KEYS)
     if unknown_top:
-        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown_top)[0]!r} (expected settings, task_settings, methods)")
+        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown_top)[0]!r} (expected {', '.join(TOP_KEYS)})")
+    recipes = document.setdefault("recipes", {}) or {}
+    if not isinstance(recipes, dict):
+        raise ConfigError(f"{path}: 'recipes' must be a mapping of recipe name to {{source, settings, tasks}}")
+    document["recipes"] = recipes
+    for name, recipe in recipes.items():
+        _check_recipe(path, name, recipe)
     for name, entry in document["methods"].items():
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: method {name!r} must be a mapping")
         unknown = set(entry) - METHOD_KEYS
         if unknown:
             raise ConfigError(f"{path}: method {name!r} has unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(METHOD_KEYS))}")
+        recipe = entry.get("recipe")
+        if recipe is not None and recipe not in recipes:
+            raise ConfigError(
+                f"{path}: method {name!r} names recipe {recipe!r}, which recipes does not define; known recipes: "
+                f"{', '.join(sorted(recipes)) or 'none'}"
+            )
     document["_path"] = str(path)
     return document
+
+
+def _check_recipe(path: Path, name: str, recipe: Any) -> None:
+    where = f"{path}: recipes.{name}"
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{where} must be a mapping with source, settings and optionally tasks")
+    unknown = set(recipe) - RECIPE_KEYS
+    if unknown:
+        raise ConfigError(f"{where} has unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(RECIPE_KEYS))}")
+    if not isinstance(recipe.get("source"), str) or not recipe["source"].strip():
+        raise ConfigError(f"{where} needs a `source:` naming where its values come from (paper, code, or 'declared default: ...')")
+    if not isinstance(recipe.get("settings") or {}, dict):
+        raise ConfigError(f"{where}.settings must be a mapping of setting to value")
+    tasks = recipe.get("tasks") or {}
+    if not isinstance(tasks, dict) or not all(isinstance(row, dict) for row in tasks.values()):
+        raise ConfigError(f"{where}.tasks must map each task name to a mapping of setting to value")
 
 
 @dataclass
@@ -63,12 +103,16 @@ class ResolvedMethod:
     after: str | None
     terms: list[Term]
     settings: dict[str, Any]
+    # {"name", "source", "task": the task row applied or None, "values": what the recipe supplied};
+    # None for a method without a recipe. Values the method or method_options changed differ from `settings`.
+    recipe: dict[str, Any] | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "base": self.base,
             "layer_map": self.layer_map,
+            "recipe": self.recipe,
             "terms": [{"name": t.name, "weight": t.weight, **({"options": t.options} if t.options else {})} for t in self.terms],
             "settings": self.settings,
         }
@@ -123,11 +167,30 @@ def resolve_method(
     options: Mapping[str, Any] | None = None,
     known_terms: set[str] | None = None,
 ) -> ResolvedMethod:
+    """Method `name` for `task`: its terms with weights and options looked up in the resolved settings.
+
+    Settings, later wins: the file's global `settings` < the method's recipe `settings` < the recipe's
+    `tasks[task]` row (only when `use_task_settings`) < the method's own `settings` < `options`
+    (the run's method_options, which may only name known settings). Raises ConfigError naming the
+    file and key for an unknown method, setting, term or reference.
+    """
     path = document.get("_path", "methods file")
     flat = _flatten(document["methods"], name, path)
     settings = dict(document["settings"])
-    if use_task_settings:
-        settings.update((document.get("task_settings") or {}).get(task, {}))
+    recipe_record = None
+    recipe_name = flat.get("recipe")
+    if recipe_name is not None:
+        recipe = (document.get("recipes") or {}).get(recipe_name)
+        if recipe is None:
+            raise ConfigError(f"{path}: method {name!r} names recipe {recipe_name!r}, which recipes does not define")
+        values = dict(recipe.get("settings") or {})
+        row = (recipe.get("tasks") or {}).get(task) if use_task_settings else None
+        values.update(row or {})
+        settings.update(values)
+        recipe_record = {
+            "name": recipe_name, "source": " ".join(str(recipe["source"]).split()),
+            "task": task if row else None, "values": values,
+        }
     settings.update(flat.get("settings", {}))
     options = dict(options or {})
     unknown = set(options) - set(settings)
@@ -158,4 +221,5 @@ def resolve_method(
         after=flat.get("after"),
         terms=terms,
         settings=settings,
+        recipe=recipe_record,
     )

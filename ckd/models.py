@@ -15,16 +15,20 @@ A model spec is a mapping (from the run config):
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from ckd.errors import ModelError
+from ckd.labels import LabelMapping, align_classifier, checkpoint_label_names, label_mapping, set_task_labels
 
 PACKAGE_PREFIX = "package:"
 SYNTHETIC_TOKENIZER = "synthetic"
@@ -127,21 +131,128 @@ class BuiltModel:
     model: nn.Module
     tokenizer: Any
     spec: dict[str, Any]
+    head: dict[str, Any] = field(default_factory=dict)  # where the classifier head came from (record's "head")
 
 
-def build_model(spec: Mapping[str, Any], *, num_labels: int, regression: bool, role: str = "model", seed: int = 0) -> BuiltModel:
-    """Build a sequence classifier from a spec. Eager attention so attentions can be returned."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+HEADS = ("any", "trained")
 
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars: ckd reports the head itself (`BuiltModel.head`)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _listed(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def head_fit(model: nn.Module, loading_info: Mapping[str, Any], *, num_labels: int, regression: bool,
+             labels: tuple[str, ...] | None) -> tuple[str | None, LabelMapping | None]:
+    """Whether a checkpoint, loaded as it is (its own config), carries a trained head for the task.
+
+    Reads the checkpoint itself: the weights transformers had to initialise (`missing_keys`) or could not
+    use (`mismatched_keys`), the config's num_labels/problem_type and its label names (ckd.labels).
+    Returns (None, mapping) when it fits (mapping: None for regression), else (what the checkpoint has,
+    e.g. "has no trained classifier (...)", None).
+    """
+    config = model.config
+    prefix = getattr(model, "base_model_prefix", "")
+    missing = sorted(str(k) for k in (loading_info.get("missing_keys") or ()))
+    mismatched = sorted((tuple(m) for m in (loading_info.get("mismatched_keys") or ())), key=lambda m: str(m[0]))
+    architectures = ", ".join(getattr(config, "architectures", None) or []) or "none listed"
+    if missing:
+        if any(not (prefix and k.startswith(prefix + ".")) for k in missing):
+            return f"has no trained classifier (architectures: {architectures}; its weights lack {_listed(missing)})", None
+        return f"lacks weights its classifier reads ({_listed(missing)}; architectures: {architectures})", None
+    if mismatched:
+        key, found, wanted = (list(mismatched[0]) + [None, None])[:3]
+        shapes = f": {tuple(found)} in the weights, {tuple(wanted)} in its config.json" if found is not None else ""
+        return f"has classifier weights of another shape than its config says ({key}{shapes})", None
+    count = int(config.num_labels)
+    problem_type = getattr(config, "problem_type", None)
+    names = checkpoint_label_names(config)
+    if problem_type == "multi_label_classification":
+        return f"has a {count}-label multi-label (sigmoid) head ({', '.join(names)})", None
+    if problem_type == "regression" or (problem_type is None and count == 1):
+        if regression and count == 1:
+            return None, None
+        return f"has a {count}-output regression head", None
+    if regression or count != num_labels:
+        return f"has a {count}-label classifier ({', '.join(names)})", None
+    if labels is None:
+        return None, LabelMapping(tuple(range(count)), "position", tuple(names))
+    mapping = label_mapping(names, labels)
+    if mapping is None:
+        return f"has a {count}-label classifier with other labels ({', '.join(names)})", None
+    return None, mapping
+
+
+def _task_needs(num_labels: int, regression: bool, labels: tuple[str, ...] | None) -> str:
+    if regression:
+        return "a 1-output regression head"
+    return f"a {num_labels}-label classifier" + (f" ({', '.join(labels)})" if labels else "")
+
+
+def build_model(
+    spec: Mapping[str, Any], *, num_labels: int | None = None, regression: bool | None = None, role: str = "model",
+    seed: int = 0, task: Any = None, head: str = "any",
+) -> BuiltModel:
+    """Build a sequence classifier from a spec. Eager attention so attentions can be returned.
+
+    task: a TaskSpec or task name (gives num_labels, regression and the label names); without it,
+          num_labels and regression are required and label names are not checked.
+    head: "any" (a student or a model to fine-tune): the checkpoint's head is kept when it fits the task
+          (right size and problem type, label names matching, columns reordered by name), else the
+          model gets a fresh head, seeded by `seed`, and `BuiltModel.head` says so and why;
+          "trained" (a teacher, a model being evaluated): the checkpoint must carry a trained head for
+          the task, else ModelError (one line: what the checkpoint has, what the task needs).
+    The built model's config carries the task's label names (id2label/label2id) and problem type.
+    """
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    labels: tuple[str, ...] | None = None
+    task_name = "this task"
+    if task is not None:
+        from ckd.data.tasks import get_task
+
+        task = get_task(task)
+        num_labels, regression, task_name = task.num_labels, task.is_regression, task.name
+        labels = None if task.is_regression else tuple(task.labels)
+    if num_labels is None or regression is None:
+        raise ValueError("build_model needs task, or num_labels and regression")
     spec = validate_spec(spec, role)
     tokenizer = load_tokenizer(spec)
     problem_type = "regression" if regression else "single_label_classification"
+    label_kwargs: dict[str, Any] = {"num_labels": num_labels}
+    if labels:
+        label_kwargs = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
     torch.manual_seed(seed)  # the classifier head (and a random init) depend on it
     init = spec["init"]
+    what = f"{role} {spec.get('name_or_path') or spec.get('tokenizer')}"
     dropout = {}
     if spec.get("dropout") is not None:
         dropout = {"hidden_dropout_prob": float(spec["dropout"]), "attention_probs_dropout_prob": float(spec["dropout"])}
     if init == "random":
+        if head == "trained":
+            raise ModelError(
+                f"{what}: init random has no trained weights, but a {role} needs a checkpoint fine-tuned on {task_name}: "
+                f"set {role}.name_or_path to one (e.g. the model/ folder of a `ckd finetune task={task_name}` run)"
+            )
         config = BertConfig(
             vocab_size=len(tokenizer),
             hidden_size=spec["hidden"],
@@ -149,26 +260,63 @@ def build_model(spec: Mapping[str, Any], *, num_labels: int, regression: bool, r
             num_attention_heads=spec["heads"],
             intermediate_size=spec["ffn"],
             pad_token_id=tokenizer.pad_token_id or 0,
-            num_labels=num_labels,
             problem_type=problem_type,
+            **label_kwargs,
             **dropout,
         )
         config._attn_implementation = "eager"
         model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+        head_record: dict[str, Any] = {"head": "fresh", "reason": "random init"}
     else:
         source = resolve_source(spec["name_or_path"])
-        config = _from_pretrained(AutoConfig, source)
-        keep_labels = getattr(config, "num_labels", None) == num_labels and getattr(config, "problem_type", None) == problem_type
-        kwargs: dict[str, Any] = {"num_labels": num_labels, "problem_type": problem_type, "attn_implementation": "eager", **dropout}
-        if not keep_labels:
-            kwargs["ignore_mismatched_sizes"] = True
-        model = _from_pretrained(AutoModelForSequenceClassification, source, **kwargs)
+        with _quiet_transformers():  # the checkpoint as it is: its own head, its own labels
+            model, info = _from_pretrained(
+                AutoModelForSequenceClassification, source, output_loading_info=True, ignore_mismatched_sizes=True,
+                attn_implementation="eager", **dropout,
+            )
+        has, mapping = head_fit(model, info, num_labels=num_labels, regression=regression, labels=labels)
+        if has is None:
+            if mapping is not None:
+                align_classifier(model, mapping, labels or checkpoint_label_names(model.config))
+            set_task_labels(model.config, labels, regression)
+            head_record = {"head": "from checkpoint", "labels": mapping.to_record() if mapping else None}
+        elif head == "trained":
+            raise ModelError(
+                f"{what} {has}, but task {task_name} needs {_task_needs(num_labels, regression, labels)}: give a {role} "
+                f"fine-tuned on {task_name} (e.g. the model/ folder of a `ckd finetune task={task_name}` run)"
+            )
+        else:
+            model = _fresh_head(model, seed, problem_type, label_kwargs)
+            head_record = {"head": "fresh", "reason": f"the checkpoint {has}"}
+            print(f"{what}: fresh classifier head for {task_name} (the checkpoint {has})", file=sys.stderr)
         if init == "truncate":
             _truncate_in_place(model, spec["layers"], spec["truncate"], role)
     model.config.output_hidden_states = False
     if not spec.get("name"):
         spec["name"] = f"{model.config.num_hidden_layers}L-{model.config.hidden_size}"
-    return BuiltModel(model=model, tokenizer=tokenizer, spec=spec)
+    return BuiltModel(model=model, tokenizer=tokenizer, spec=spec, head=head_record)
+
+
+def _fresh_head(model: nn.Module, seed: int, problem_type: str, label_kwargs: Mapping[str, Any]) -> nn.Module:
+    """The same encoder weights under a new, seeded classifier head for the task."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(model.config)
+    if "id2label" in label_kwargs:
+        config.id2label = dict(label_kwargs["id2label"])
+        config.label2id = dict(label_kwargs["label2id"])
+    else:
+        config.num_labels = int(label_kwargs["num_labels"])
+    config.problem_type = problem_type
+    torch.manual_seed(seed)
+    fresh = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    prefix = fresh.base_model_prefix
+    encoder = {k: v for k, v in model.state_dict().items() if k.startswith(prefix + ".")}
+    result = fresh.load_state_dict(encoder, strict=False)
+    left = [k for k in result.missing_keys if k.startswith(prefix + ".")]
+    if left or result.unexpected_keys:
+        raise ModelError(f"cannot give {type(model).__name__} a fresh head: encoder weights {_listed(left or list(result.unexpected_keys))} do not fit")
+    return fresh.to(next(model.parameters()).dtype)
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -193,7 +341,9 @@ def _truncate_in_place(model: nn.Module, keep: int, how: str, role: str) -> None
     model.config.num_hidden_layers = keep
 
 
-def describe(model: nn.Module, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def describe(model: nn.Module, spec: Mapping[str, Any] | None = None, head: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The record's description of a model: shape, size, and (given `BuiltModel.head`) where its classifier
+    head came from ("fresh" with the reason, or "from checkpoint" with how its labels were mapped)."""
     config = model.config
     info = {
         "layers": int(config.num_hidden_layers),
@@ -206,6 +356,8 @@ def describe(model: nn.Module, spec: Mapping[str, Any] | None = None) -> dict[st
         info = {"name": spec.get("name"), "name_or_path": spec.get("name_or_path"), "init": spec.get("init"), **info}
         if spec.get("init") == "truncate":
             info["truncate"] = spec.get("truncate")
+    if head:
+        info.update(head)
     return info
 
 

@@ -42,8 +42,18 @@ def _task(obj, term, batch, student, teacher):
     return logits.cross_entropy(student.logits, batch.labels)
 
 
+def _setting(obj, term, key):
+    """A setting a term reads directly; a one-line ConfigError when the method's recipe lacks it."""
+    if key not in obj.settings:
+        raise ConfigError(
+            f"method {obj.method.name!r}: loss term {term.name!r} needs the setting {key!r}; add it to the method's "
+            f"recipe or settings in the methods file, or pass method_options.{key}"
+        )
+    return obj.settings[key]
+
+
 def _kd(obj, term, batch, student, teacher):
-    alpha = float(obj.settings["alpha"])
+    alpha = float(_setting(obj, term, "alpha"))
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"method_options.alpha must lie in [0, 1], got {alpha}")
     hard = _task(obj, term, batch, student, teacher) if alpha < 1.0 else 0.0
@@ -51,13 +61,14 @@ def _kd(obj, term, batch, student, teacher):
         soft = logits.kd_regression(student.logits, teacher.logits)
     else:
         soft = logits.kd_loss(
-            student.logits, teacher.logits, float(obj.settings["temperature"]), t2_scale=bool(obj.settings["t2_scale"])
+            student.logits, teacher.logits, float(_setting(obj, term, "temperature")),
+            t2_scale=bool(obj.settings.get("t2_scale", True)), class_mean=bool(obj.settings.get("kd_class_mean", False)),
         )
     return (1.0 - alpha) * hard + alpha * soft
 
 
 def _kd_released(obj, term, batch, student, teacher):
-    temperature = float(obj.settings["temperature"])
+    temperature = float(_setting(obj, term, "temperature"))
     if obj.regression:
         return logits.mse_scaled(student.logits, teacher.logits, temperature)
     return logits.soft_cross_entropy(student.logits, teacher.logits, temperature)
@@ -78,19 +89,26 @@ def _pkd(obj, term, batch, student, teacher):
 
 def _tinybert_embedding(obj, term, batch, student, teacher):
     t_states, s_states = _mapped(obj, student, teacher)
-    return tinybert.hidden_mse(t_states[:1], s_states[:1], obj.embedding_projection, batch.attention_mask)
+    return tinybert.hidden_mse(t_states[:1], s_states[:1], obj.embedding_projection, batch.attention_mask, **term.options)
 
 
 def _tinybert_hidden(obj, term, batch, student, teacher):
     t_states, s_states = _mapped(obj, student, teacher)
-    return tinybert.hidden_mse(t_states[1:], s_states[1:], obj.hidden_projection, batch.attention_mask)
+    return tinybert.hidden_mse(t_states[1:], s_states[1:], obj.hidden_projection, batch.attention_mask, **term.options)
 
 
 def _tinybert_attention(obj, term, batch, student, teacher):
     pairs = obj.map.attention_pairs
     t_scores = [teacher.capture.scores(t) for t, _ in pairs]
     s_scores = [student.capture.scores(s) for _, s in pairs]
-    return tinybert.attention_mse(t_scores, s_scores, batch.attention_mask)
+    return tinybert.attention_mse(t_scores, s_scores, batch.attention_mask, **term.options)
+
+
+def _tinybert_prediction(obj, term, batch, student, teacher):
+    return tinybert.prediction_loss(
+        student.logits, teacher.logits, batch.labels, regression=obj.regression,
+        temperature=float(_setting(obj, term, "temperature")), **term.options,
+    )
 
 
 def _minilm_attention(obj, term, batch, student, teacher):
@@ -105,13 +123,53 @@ def _distilbert_cosine(obj, term, batch, student, teacher):
     return distilbert.cosine_hidden_loss(teacher.hidden_states[-1], student.hidden_states[-1], batch.attention_mask)
 
 
+CountFn = Callable[["Objective", Term, Batch], "torch.Tensor | float"]
+
+
+def _examples(obj, term, batch) -> float:
+    """Per-example means (CE, KD, MSE on logits, PKD): the batch size B."""
+    return float(batch.labels.shape[0])
+
+
+def _tokens(obj, term, batch) -> torch.Tensor:
+    """Means over valid tokens (sum_b n_b)."""
+    return (batch.attention_mask != 0).sum()
+
+
+def _token_pairs(obj, term, batch) -> torch.Tensor:
+    """Means over valid (query, key) pairs (sum_b n_b^2)."""
+    return (batch.attention_mask != 0).sum(dim=1).double().square().sum()
+
+
+def _padding_aware(described: CountFn) -> CountFn:
+    """TinyBERT stage 1: `described` (valid tokens / pairs) by default; under `released_padding` the
+    released means run over every padded position, n being fixed per optimiser step: B."""
+
+    def count(obj, term, batch):
+        return _examples(obj, term, batch) if term.options.get("released_padding") else described(obj, term, batch)
+
+    return count
+
+
+def _relation_count(name: str) -> CountFn:
+    def count(obj, term, batch):
+        return relations.batch_normaliser(name, batch.attention_mask, **term.options)
+
+    return count
+
+
 @dataclass(frozen=True)
 class TermKind:
+    """A loss term: how to compute it, what it needs, and `count`, the batch-dependent normaliser its
+    value is divided by (B, valid tokens, ...). value * count is additive over any split of a batch,
+    which is how the training loop makes a step's loss independent of micro-batches and processes."""
+
     fn: TermFn
     teacher: bool = True       # needs teacher outputs at all
     hidden: bool = False       # needs hidden states
     capture: bool = False      # needs attention internals (Q, K, V)
     layer_map: bool = False    # needs the method's layer map
+    count: CountFn = _examples
 
 
 SAME_WIDTH_TERMS = ("pkd", "distilbert_cosine")
@@ -120,17 +178,18 @@ TERMS: dict[str, TermKind] = {
     "task": TermKind(_task, teacher=False),
     "kd": TermKind(_kd),
     "kd_released": TermKind(_kd_released),
-    "wr_pair": TermKind(_relation(relations.wr_pair), hidden=True, layer_map=True),
-    "wr_triple": TermKind(_relation(relations.wr_triple), hidden=True, layer_map=True),
-    "ltr_pair": TermKind(_relation(relations.ltr_pair), hidden=True, layer_map=True),
-    "ltr_triple": TermKind(_relation(relations.ltr_triple), hidden=True, layer_map=True),
+    **{
+        name: TermKind(_relation(getattr(relations, name)), hidden=True, layer_map=True, count=_relation_count(name))
+        for name in ("wr_pair", "wr_triple", "ltr_pair", "ltr_triple")
+    },
     "pkd": TermKind(_pkd, hidden=True, layer_map=True),
-    "tinybert_embedding": TermKind(_tinybert_embedding, hidden=True, layer_map=True),
-    "tinybert_hidden": TermKind(_tinybert_hidden, hidden=True, layer_map=True),
-    "tinybert_attention": TermKind(_tinybert_attention, capture=True, layer_map=True),
-    "minilm_attention": TermKind(_minilm_attention, capture=True),
-    "minilm_value": TermKind(_minilm_value, capture=True),
-    "distilbert_cosine": TermKind(_distilbert_cosine, hidden=True),
+    "tinybert_embedding": TermKind(_tinybert_embedding, hidden=True, layer_map=True, count=_padding_aware(_tokens)),
+    "tinybert_hidden": TermKind(_tinybert_hidden, hidden=True, layer_map=True, count=_padding_aware(_tokens)),
+    "tinybert_attention": TermKind(_tinybert_attention, capture=True, layer_map=True, count=_padding_aware(_token_pairs)),
+    "tinybert_prediction": TermKind(_tinybert_prediction),
+    "minilm_attention": TermKind(_minilm_attention, capture=True, count=_tokens),
+    "minilm_value": TermKind(_minilm_value, capture=True, count=_tokens),
+    "distilbert_cosine": TermKind(_distilbert_cosine, hidden=True, count=_tokens),
 }
 
 
@@ -206,11 +265,30 @@ class Objective(nn.Module):
             used.add(count - 1)
         return used
 
-    def forward(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> tuple[torch.Tensor, dict[str, float]]:
+    @property
+    def term_names(self) -> list[str]:
+        return [term.name for term, _ in self.terms]
+
+    def counts(self, batch: Batch) -> dict[str, float]:
+        """Each term's normaliser on `batch` (see `TermKind.count`), computed from labels and mask only."""
+        return {term.name: float(kind.count(self, term, batch)) for term, kind in self.terms}
+
+    def forward(
+        self, batch: Batch, student: Outputs, teacher: Outputs | None, shares: dict[str, float] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted loss and each term's value on `batch`.
+
+        shares: per term, this batch's part of the whole optimiser step's count (its `counts()` over
+        the step's total). Each term is then its value on this batch times its share, so the sums
+        over the micro-batches of a step equal the values on the whole step at once, for every term
+        whatever its normalisation. None: the batch is the whole step (every share 1).
+        """
         total = None
         values: dict[str, float] = {}
         for term, kind in self.terms:
             value = kind.fn(self, term, batch, student, teacher)
+            if shares is not None:
+                value = value * shares[term.name]
             values[term.name] = float(value.detach())
             weighted = term.weight * value
             total = weighted if total is None else total + weighted

@@ -16,6 +16,7 @@ SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "kind", "task", "method", "seed", "metrics")
 RECORD_NAME = "record.json"
 TEACHER_METHOD = "teacher"
+SEARCH_DIR = "search"  # <study>/search/: grid-search runs and selections (ckd.search)
 
 
 class RecordError(CkdError):
@@ -61,7 +62,7 @@ def _role(path: Path, root: Path) -> str:
 
 
 def load_records(root: str | os.PathLike) -> list[dict]:
-    """Every finished run under a study folder (teachers/ and runs/), sorted by path.
+    """Every finished run under a study folder (teachers/ and runs/; not search/), sorted by path.
 
     Each record gets `_path` (its record.json) and `_role` ("teacher" for records under teachers/).
     """
@@ -70,8 +71,10 @@ def load_records(root: str | os.PathLike) -> list[dict]:
         raise RecordError(f"{root}: study folder not found; pass --study-dir results/<study>")
     records = []
     for path in sorted(root.rglob(RECORD_NAME)):
-        # atomic_directory's temporary folders start with a dot
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
+        parts = path.relative_to(root).parts
+        # atomic_directory's temporary folders start with a dot; search/ holds a grid search's own
+        # runs (scored on a split carved from the training set), read by `ckd select`, never tabulated
+        if any(part.startswith(".") for part in parts) or parts[0] == SEARCH_DIR:
             continue
         record = _read_json(path)
         validate_record(record, path)

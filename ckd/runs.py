@@ -13,19 +13,22 @@ import torch
 
 from ckd import checkpoint as ckpt
 from ckd.atomic import atomic_directory, atomic_write_json
-from ckd.config import result_fingerprint
+from ckd.config import check_method_settings, result_fingerprint
 from ckd.data.encoding import encode_split
-from ckd.data.loading import data_fingerprint, load_split
+from ckd.data.loading import data_fingerprint, run_splits, scored_task
 from ckd.data.tasks import get_task
-from ckd.distributed import barrier, start_runtime, stop_runtime
+from ckd.distributed import barrier, gather_objects, start_runtime, stop_runtime
 from ckd.errors import CkdError, ConfigError
 from ckd.evaluation import evaluate
 from ckd.hooks import AttentionCapture
+from ckd.interrupts import defer_interrupts
 from ckd.methods import ResolvedMethod, Term, load_methods, resolve_method
 from ckd.models import build_model, check_same_tokenizer, describe, save_model
 from ckd.objectives import TERMS, Batch, Objective, Outputs
+from ckd.pause import pause_point
+from ckd.run_dir import RunFolder, claim as claim_run_folder, finished_record
 from ckd.run_record import RECORD_FILE, PREDICTIONS_FILE, build_record, predictions_payload
-from ckd.teacher_cache import load_teacher_logits
+from ckd.teacher_cache import load_teacher_logits, rebuild_command, teacher_logits_key
 from ckd.train import TrainSetup, train
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -67,7 +70,9 @@ def make_step_loss(
     """The loss of one batch as the training loop calls it: the student forward, the teacher's outputs
     (cached logits for logit-only methods when given, else a teacher forward) and the objective."""
 
-    def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_loss(
+        batch: dict[str, torch.Tensor], shares: dict[str, float] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         student_out = run_forward(
             student, batch, hidden=objective.needs_hidden, capture=objective.needs_capture,
             capture_layers=objective.capture_layers("student"),
@@ -78,24 +83,14 @@ def make_step_loss(
                 teacher_out = Outputs(logits=cached_logits[batch["index"]])
             else:
                 teacher_out = teacher_forward(teacher, batch, objective)
-        return objective(Batch(labels=batch["labels"], attention_mask=batch["attention_mask"]), student_out, teacher_out)
+        return objective(Batch(labels=batch["labels"], attention_mask=batch["attention_mask"]), student_out, teacher_out, shares)
 
     return step_loss
 
 
 def _load_data(config: dict[str, Any], task: Any) -> tuple[list, dict[str, list]]:
-    data = config["data"]
-    options: dict[str, Any] = {}
-    if data["synthetic_train_size"] or data["synthetic_dev_size"]:
-        options["synthetic_sizes"] = {
-            "train": data["synthetic_train_size"],
-            "dev": data["synthetic_dev_size"],
-        }
-        options["synthetic_sizes"] = {k: v for k, v in options["synthetic_sizes"].items() if v}
-    common = {"source": data["source"], "glue_dir": data["glue_dir"], "subsample_seed": data["subsample_seed"], **options}
-    train_examples = load_split(task, "train", max_examples=data["max_train_examples"], **common)
-    dev = {split: load_split(task, split, max_examples=data["max_eval_examples"], **common) for split in task.dev_splits}
-    return train_examples, dev
+    """Training examples and evaluation splits (dev, or the carved selection split: ckd.data.loading.run_splits)."""
+    return run_splits(task, config["data"])
 
 
 def _finetune_method(task_name: str) -> ResolvedMethod:
@@ -112,7 +107,8 @@ def _train_hyperparameters(config: dict[str, Any], method: ResolvedMethod) -> tu
 
 
 def is_complete(run_dir: Path) -> bool:
-    return (run_dir / RECORD_FILE).is_file()
+    """Whether `run_dir` holds a finished run: a readable record.json (a 0-byte or truncated one is not)."""
+    return finished_record(run_dir) is not None
 
 
 def execute(kind: str, config: dict[str, Any], *, force: bool = False) -> dict[str, Any] | None:
@@ -125,20 +121,29 @@ def execute(kind: str, config: dict[str, Any], *, force: bool = False) -> dict[s
 
 
 def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[str, Any] | None:
+    """Claim the output folder (ckd.run_dir: identity, inputs, lock; before anything loads), then run."""
     run_dir = Path(config["output_dir"])
-    if is_complete(run_dir) and not force:
+    folder = claim_run_folder(
+        kind, config, force=force, is_main=runtime.is_main, agree=lambda outcome: gather_objects(outcome, runtime)[0]
+    )
+    if folder is None:
         if runtime.is_main:
             ckpt.remove_checkpoints(run_dir)  # a kill between the record and this clean-up left them behind
         print(f"{run_dir / RECORD_FILE} exists: run already complete (use --force to redo it)", file=sys.stderr)
         return None
-    if force and is_complete(run_dir) and runtime.is_main:
-        (run_dir / RECORD_FILE).unlink()
-        ckpt.remove_checkpoints(run_dir)
-    barrier(runtime)
+    try:
+        return _run(kind, config, runtime, force, folder)
+    finally:
+        folder.release()
+
+
+def _run(kind: str, config: dict[str, Any], runtime, force: bool, folder: RunFolder) -> dict[str, Any] | None:
+    run_dir = folder.path
     started = time.time()
     if config["train"]["threads"]:
         torch.set_num_threads(int(config["train"]["threads"]))
-    task = get_task(config["task"])
+    # scored on the dev split(s), or on the selection split carved from the training set
+    task = scored_task(get_task(config["task"]), config["data"])
     config = copy.deepcopy(config)
     config["task"] = task.name
 
@@ -152,6 +157,7 @@ def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[st
             document, config["method"], task.name,
             use_task_settings=bool(config["use_task_settings"]), options=config["method_options"], known_terms=set(TERMS),
         )
+        check_method_settings(method.name, method.settings, config["method_options"], document["_path"])
         model_spec = copy.deepcopy(config["student"])
         if method.after:
             model_spec = _second_stage_student(config, method, model_spec, force)
@@ -159,12 +165,13 @@ def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[st
         if method.needs_teacher:
             if not config["teacher"]:
                 raise ConfigError(f"method {method.name!r} needs a teacher: set teacher.name_or_path to a fine-tuned teacher folder")
-            teacher_built = build_model(config["teacher"], num_labels=task.num_labels, regression=task.is_regression, role="teacher")
+            # a teacher must carry a trained head for this task (labels mapped by name): ckd.models.build_model
+            teacher_built = build_model(config["teacher"], task=task, role="teacher", head="trained")
             teacher_built.model.to(runtime.device).eval().requires_grad_(False)
 
     lr, epochs = _train_hyperparameters(config, method)
     role = "model" if kind == "finetune" else "student"
-    student = build_model(model_spec, num_labels=task.num_labels, regression=task.is_regression, role=role, seed=int(config["seed"]))
+    student = build_model(model_spec, task=task, role=role, seed=int(config["seed"]))
     student.model.to(runtime.device)
     if teacher_built is not None:
         check_same_tokenizer(teacher_built.tokenizer, student.tokenizer, str(config["teacher"].get("name_or_path")), str(model_spec.get("name_or_path") or model_spec.get("tokenizer")))
@@ -181,7 +188,9 @@ def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[st
     )
     cached_logits = None
     if teacher_built is not None and objective.logits_only and config.get("teacher_logits"):
-        cached_logits = load_teacher_logits(config["teacher_logits"], fingerprints["train"], len(train_examples)).to(runtime.device)
+        key = teacher_logits_key(config, task, teacher_built.model, student.tokenizer, train_data, fingerprints["train"])
+        rebuild = rebuild_command(config, config["teacher_logits"])
+        cached_logits = load_teacher_logits(config["teacher_logits"], key, rebuild).to(runtime.device)
 
     step_loss = make_step_loss(objective, student.model, teacher_built.model if teacher_built else None, cached_logits)
 
@@ -202,22 +211,25 @@ def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[st
     eval_ms = None
     if not method.intermediate:
         _, _, eval_ms = evaluate(student.model, dev_data, task, int(config["train"]["eval_batch_size"]), runtime.autocast)
-    if config["train"]["save_model"] or method.intermediate:
-        with atomic_directory(run_dir / "model") as tmp:
-            save_model(student, tmp)
-    if result.final_predictions is not None:
-        atomic_write_json(run_dir / PREDICTIONS_FILE, predictions_payload(result.final_predictions, result.best_predictions))
-    record = build_record(
-        kind="intermediate" if method.intermediate else kind,
-        config=config, config_fingerprint=config_fp, task=task, method=method, result=result,
-        student=describe(student.model, student.spec),
-        teacher=describe(teacher_built.model, {**config["teacher"], "name": config["teacher"].get("name")}) if teacher_built else None,
-        layer_map=objective.map.to_record() if objective.map else None,
-        data_fingerprints=fingerprints, wall_seconds=time.time() - started, eval_ms_per_example=eval_ms,
-        runtime=runtime.to_record(),
-    )
-    atomic_write_json(run_dir / RECORD_FILE, record)
-    ckpt.remove_checkpoints(run_dir)
+    with defer_interrupts("the final save"):  # SIGTERM / SIGINT now would leave a half-saved run
+        if config["train"]["save_model"] or method.intermediate:
+            with atomic_directory(run_dir / "model") as tmp:
+                save_model(student, tmp)
+        if result.final_predictions is not None:
+            atomic_write_json(run_dir / PREDICTIONS_FILE, predictions_payload(result.final_predictions, result.best_predictions))
+        record = build_record(
+            kind="intermediate" if method.intermediate else kind,
+            config=config, config_fingerprint=config_fp, task=task, method=method, result=result,
+            student=describe(student.model, student.spec, student.head),
+            teacher=describe(teacher_built.model, {**config["teacher"], "name": config["teacher"].get("name")}, teacher_built.head) if teacher_built else None,
+            layer_map=objective.map.to_record() if objective.map else None,
+            data_fingerprints=fingerprints, wall_seconds=time.time() - started, eval_ms_per_example=eval_ms,
+            runtime=runtime.to_record(),
+        )
+        atomic_write_json(run_dir / RECORD_FILE, record)
+        folder.seal()  # after record.json, before the checkpoints go: a kill in between leaves a finished run
+        ckpt.remove_checkpoints(run_dir)
+    pause_point("run-finished")
     return record
 
 

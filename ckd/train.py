@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,37 +17,22 @@ from ckd.atomic import remove_stale_temporaries
 from ckd.distributed import Runtime, barrier, gather_objects, share_of, sum_across, sum_gradients
 from ckd.errors import CkdError
 from ckd.evaluation import evaluate, selection_value
+from ckd.interrupts import InterruptFlag
+from ckd.objectives import Batch
 from ckd.pause import pause_point
 
 
 class Preempted(CkdError):
-    """SIGTERM (cluster pre-emption): the run checkpointed and stopped; the same command resumes it."""
+    """SIGTERM (cluster pre-emption) or SIGINT (Ctrl-C): the run checkpointed and stopped; the same command resumes it."""
 
 
 class NonFiniteLoss(CkdError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
-class _TerminationFlag:
-    """Turns SIGTERM into a flag the loop checks between steps, so it can checkpoint first."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous = None
-
-    def __enter__(self) -> "_TerminationFlag":
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+class _TerminationFlag(InterruptFlag):
+    """SIGTERM (pre-emption) and SIGINT (Ctrl-C) as a flag the loop checks between steps, so it can
+    checkpoint first; `name` says which arrived. A second Ctrl-C stops at once (ckd.interrupts)."""
 
 
 @dataclass
@@ -152,6 +136,10 @@ def _chunks(items: list[int], parts: int) -> list[list[int]]:
     return [items[i:i + size] for i in range(0, len(items), size)] if size else []
 
 
+def _loss_batch(batch: dict[str, torch.Tensor]) -> Batch:
+    return Batch(labels=batch["labels"], attention_mask=batch["attention_mask"])
+
+
 class Trainer:
     def __init__(self, setup: TrainSetup):
         self.setup = setup
@@ -219,32 +207,53 @@ class Trainer:
         barrier(self.runtime)
 
     # -- one optimiser step ------------------------------------------------------------------
-    def train_step(self, indices: list[int]) -> tuple[float, dict[str, float]]:
+    def accumulate_gradients(self, indices: list[int]) -> tuple[float, dict[str, float]]:
+        """Forward and backward over one optimiser step's examples: this process's share, in
+        `train.grad_accum` micro-batches, gradients summed across processes. Returns the step's loss
+        and term values.
+
+        Exact whatever the split: every micro-batch is padded to the step's longest row, and each
+        term of each micro-batch is weighted by that micro-batch's share of the term's normaliser over
+        the whole step (all micro-batches of all processes: `Objective.counts`), so loss and gradients
+        equal those of the whole batch at once for per-example, per-token and per-pair means alike.
+        Every process takes part in every collective, also with no examples of its own.
+        """
         self.optimizer.zero_grad(set_to_none=True)
+        data, objective = self.setup.train_data, self.setup.objective
+        width = data.width(indices)
         share = share_of(indices, self.runtime)
-        local = {"loss": 0.0}
-        for chunk in _chunks(share, int(self.cfg["grad_accum"])):
-            batch = self.setup.train_data.batch(chunk)
+        batches = [data.batch(chunk, width=width) for chunk in _chunks(share, int(self.cfg["grad_accum"]))]
+        counts = [objective.counts(_loss_batch(batch)) for batch in batches]
+        names = objective.term_names
+        step_counts = sum_across({name: sum(c[name] for c in counts) for name in names}, self.runtime)
+        local = dict.fromkeys(["loss", *(f"term/{name}" for name in names)], 0.0)
+        for batch, count in zip(batches, counts):
+            shares = {name: count[name] / step_counts[name] if step_counts[name] else 0.0 for name in names}
             batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
-            weight = len(chunk) / len(indices)
             with self.runtime.autocast():
-                loss, terms = self.setup.step_loss(batch)
-            scaled = loss.float() * weight
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            local["loss"] += loss.item() * weight
+                loss, terms = self.setup.step_loss(batch, shares)
+            if loss.dtype in (torch.float16, torch.bfloat16):
+                loss = loss.float()
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            local["loss"] += loss.item()
             for name, value in terms.items():
-                local[f"term/{name}"] = local.get(f"term/{name}", 0.0) + value * weight
+                local[f"term/{name}"] += value
         totals = sum_across(local, self.runtime)
-        if not math.isfinite(totals["loss"]):
+        sum_gradients(self.params, self.runtime)
+        terms = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith("term/")}
+        return totals["loss"], terms
+
+    def train_step(self, indices: list[int]) -> tuple[float, dict[str, float]]:
+        loss, terms = self.accumulate_gradients(indices)
+        if not math.isfinite(loss):
             kept = (
                 f"the last good checkpoint (step {self.checkpointed_step}) is kept in {ckpt.latest_path(self.setup.run_dir)}"
                 if self.checkpointed_step is not None else "no checkpoint had been written yet"
             )
             raise NonFiniteLoss(
-                f"non-finite loss ({totals['loss']}) at step {self.progress.step + 1}, not applied; {kept}. "
+                f"non-finite loss ({loss}) at step {self.progress.step + 1}, not applied; {kept}. "
                 "Lower train.lr or the loss weights (method_options.<setting>) and re-run in a new output_dir"
             )
-        sum_gradients(self.params, self.runtime)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.cfg["max_grad_norm"]:
@@ -255,8 +264,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        terms = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith("term/")}
-        return totals["loss"], terms
+        return loss, terms
 
     def evaluate(self) -> tuple[dict, dict]:
         pause_point("eval")
@@ -312,7 +320,7 @@ class Trainer:
                         self.save()
                     if termination.raised and not last:
                         raise Preempted(
-                            f"stopped by SIGTERM after step {progress.step}/{self.total_steps}; checkpoint saved in "
+                            f"stopped by {termination.name} after step {progress.step}/{self.total_steps}; checkpoint saved in "
                             f"{ckpt.latest_path(self.setup.run_dir)}: run the same command again to resume"
                         )
             finally:

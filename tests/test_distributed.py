@@ -65,3 +65,57 @@ def test_fp16_on_cpu_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         execute("finetune", resolve_config("finetune", None, [*ARGS, "train.precision=fp16", f"output_dir={tmp_path / 'x'}"]))
+
+
+def _torchrun(nproc: int, args: list[str], out: Path, cwd: Path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "ckd.cli", *args, f"output_dir={out}"]
+    # A hang (a collective that one rank never joins) would wait forever: the timeout turns it into a failure.
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return _record(out)
+
+
+EDGE = [
+    "task=syn-pair", "model.init=random", "model.tokenizer=synthetic", "model.layers=1", "model.hidden=16", "model.heads=2",
+    "model.ffn=32", "model.dropout=0", "train.lr=1e-3", "train.progress=false", "train.tensorboard=false", "train.threads=1",
+    "data.max_length=24", "data.synthetic_dev_size=8", "train.epochs=1",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc, examples, batch, accum", [
+    (2, 33, 32, 1),   # the last step has 1 example: rank 1 has none
+    (3, 1, 1, 1),     # one example in all: two ranks idle at every step
+    (2, 5, 4, 2),     # grad_accum larger than a rank's share of the last step
+    (3, 7, 2, 2),     # every step has fewer examples than processes
+])
+def test_any_step_completes_under_torchrun(nproc, examples, batch, accum, tmp_path):
+    """No step may leave a rank out of a collective, whatever the process count, batch and split."""
+    record = _torchrun(nproc, ["finetune", *EDGE, f"data.synthetic_train_size={examples}", f"train.batch_size={batch}",
+                               f"train.grad_accum={accum}"], tmp_path / "run", tmp_path)
+    assert record["runtime"]["world_size"] == nproc
+    assert record["timing"]["train_steps"] == -(-examples // batch)
+    assert record["metrics"]["final"]["dev"]["accuracy"] is not None
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_for_relation_terms(tmp_path):
+    """CKD's relation terms are normalised by token counts, not examples: two processes (with an idle
+    rank on the last step) must still give one process's losses; dropout 0, so the same computation."""
+    teacher = tmp_path / "teacher"
+    _run([sys.executable, "-m", "ckd.cli", "finetune", *EDGE, "model.layers=2", "data.synthetic_train_size=33",
+          "train.batch_size=16", f"output_dir={teacher}"], tmp_path)
+    student = [f"student.{k}" for k in ("init=random", "tokenizer=synthetic", "layers=1", "hidden=16", "heads=2", "ffn=32",
+                                          "dropout=0")]
+    args = ["distill", "method=ckd", f"teacher.name_or_path={teacher}/model", *student,
+            *[a for a in EDGE if not a.startswith("model.")], "data.synthetic_train_size=33", "train.batch_size=32"]
+    _run([sys.executable, "-m", "ckd.cli", *args, f"output_dir={tmp_path / 'one'}"], tmp_path)
+    one = _record(tmp_path / "one")
+    two = _torchrun(2, args, tmp_path / "two", tmp_path)
+    assert len(one["history"]) == len(two["history"]) >= 1
+    for a, b in zip(one["history"], two["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        for name, value in a["loss_terms"].items():
+            assert b["loss_terms"][name] == pytest.approx(value, rel=1e-5, abs=1e-9), name

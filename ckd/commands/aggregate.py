@@ -7,7 +7,7 @@ import argparse
 EXAMPLE = """example:
   ckd aggregate --study-dir results/smoke
   ckd aggregate --study-dir results/paper --score best --baseline kd --bootstrap 10000 --expected expected.json
-Writes main, paper_delta, ablation and significance as .csv/.md/.tex, plus missing.md and runs.csv.
+Writes main, paper_delta, ablation, significance and selected_settings (grid search) as .csv/.md/.tex, plus missing.md and runs.csv.
 --expected: JSON list of {"task", "student", "method", "seed"[, "config_fingerprint"]} (teacher runs: method
 "teacher"); config_fingerprint is what ckd.config.run_fingerprint gives for the run's command.
 A record with another fingerprint is stale: left out of the tables and listed in missing.md."""

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+from typing import Iterator
 
 from ckd.commands._run_args import add_parser, resolved_config
 
 EXAMPLE = """example:
   ckd cache-logits -c distill.yaml --out results/try/rte-teacher/train_logits.pt
   ckd distill -c distill.yaml method=kd teacher_logits=results/try/rte-teacher/train_logits.pt
-The file records the training data's fingerprint; distill refuses a file made for other data."""
+The file is keyed on everything that decides its contents (task, labels, training data, tokenizer,
+max_length, teacher weights, precision); distill refuses a file made for anything else and prints
+the command that rebuilds it. A temporary a killed earlier run left beside --out is removed."""
 
 
 def register(subparsers) -> None:
@@ -18,29 +23,31 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=handle)
 
 
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143), so the atomic writer removes its temporary before the process ends."""
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def handle(args: argparse.Namespace) -> int:
     config = resolved_config("cache_logits", args)
     if config is None:
         return 0
-    from ckd.data import encode_split, get_task, load_split
-    from ckd.data.loading import data_fingerprint
-    from ckd.models import build_model
-    from ckd.teacher_cache import compute_teacher_logits, save_teacher_logits
+    from ckd.teacher_cache import cache_teacher_logits
 
-    if config["train"]["threads"]:
-        import torch
-
-        torch.set_num_threads(int(config["train"]["threads"]))
-    task = get_task(config["task"])
-    data = config["data"]
-    options = {"synthetic_sizes": {"train": data["synthetic_train_size"]}} if data["synthetic_train_size"] else {}
-    examples = load_split(
-        task, "train", source=data["source"], glue_dir=data["glue_dir"], max_examples=data["max_train_examples"],
-        subsample_seed=data["subsample_seed"], **options,
-    )
-    teacher = build_model(config["teacher"], num_labels=task.num_labels, regression=task.is_regression, role="teacher")
-    encoded = encode_split(examples, teacher.tokenizer, int(data["max_length"]), task)
-    logits = compute_teacher_logits(teacher.model, encoded, int(config["train"]["eval_batch_size"]))
-    save_teacher_logits(args.out, logits, data_fingerprint(examples), str(config["teacher"]["name_or_path"]))
+    with _sigterm_exits():
+        logits = cache_teacher_logits(config, args.out)
     print(f"wrote {tuple(logits.shape)} teacher logits to {args.out}")
     return 0

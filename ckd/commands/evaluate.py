@@ -28,7 +28,9 @@ def handle(args: argparse.Namespace) -> int:
 
     task = get_task(args.task)
     splits = args.split or list(task.dev_splits)
-    built = build_model({"name_or_path": args.model}, num_labels=task.num_labels, regression=task.is_regression)
+    # refused unless the checkpoint carries a trained head for the task; its columns are mapped to the
+    # task's labels by name (ckd.labels), so argmax index k is task label k
+    built = build_model({"name_or_path": args.model}, task=task, role="model", head="trained")
     data = {
         split: encode_split(
             load_split(task, split, source=args.source, glue_dir=args.glue_dir, max_examples=args.max_examples),
@@ -37,7 +39,7 @@ def handle(args: argparse.Namespace) -> int:
         for split in splits
     }
     metrics, _, ms = evaluate(built.model, data, task, args.batch_size)
-    result = {"model": args.model, "task": task.name, "metrics": metrics, "eval_ms_per_example": ms}
+    result = {"model": args.model, "task": task.name, "labels": built.head.get("labels"), "metrics": metrics, "eval_ms_per_example": ms}
     print(json.dumps(result, indent=2))
     if args.out:
         atomic_write_json(args.out, result)

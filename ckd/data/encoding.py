@@ -32,10 +32,23 @@ class EncodedSplit:
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
-    def batch(self, indices: Iterable[int] | torch.Tensor) -> dict[str, torch.Tensor]:
-        """input_ids, attention_mask, token_type_ids (padded to the longest row), labels, index."""
+    def width(self, indices: Iterable[int]) -> int:
+        """The longest row among `indices` (tokens)."""
+        return max((len(self.input_ids[int(i)]) for i in indices), default=0)
+
+    def batch(self, indices: Iterable[int] | torch.Tensor, width: int | None = None) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask, token_type_ids, labels, index.
+
+        Rows are padded to `width` tokens, by default the longest row of this batch. The training loop
+        pads every micro-batch of an optimiser step to the step's longest row, so that loss forms that
+        count padded positions (TinyBERT's released losses) do not depend on how the step is split.
+        """
         positions = [int(i) for i in (indices.flatten().tolist() if isinstance(indices, torch.Tensor) else indices)]
-        width = max((len(self.input_ids[i]) for i in positions), default=0)
+        longest = self.width(positions)
+        if width is None:
+            width = longest
+        elif width < longest:
+            raise ValueError(f"width {width} is shorter than the longest row ({longest} tokens)")
         input_ids = torch.full((len(positions), width), self.pad_token_id, dtype=torch.long)
         token_type_ids = torch.zeros((len(positions), width), dtype=torch.long)
         attention_mask = torch.zeros((len(positions), width), dtype=torch.long)

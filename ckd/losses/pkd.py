@@ -1,11 +1,17 @@
 """Patient KD's intermediate loss (Sun et al. 2019) on the [CLS] vector (position 0).
 
-Paper reduction (default): for each sentence, sum over mapped layers of
-|| s/|s| - t/|t| ||^2, then the mean over the batch.
+Paper reduction (``released_reduction=False``): for each sentence, the sum over the L mapped layers
+of || s/|s| - t/|t| ||^2, then the mean over the batch.
 
-``released_reduction=True`` reproduces the authors' code (``F.mse_loss`` on the stacked normalised
-vectors), i.e. the mean over batch, layers *and* hidden dimensions: the paper value divided by
-(#layers * d). The original beta grid {10, 100, 500, 1000} was tuned under that reduction.
+Released reduction (``released_reduction=True``; intersun/PKD-for-BERT-Model-Compression
+``src/KD_loss.py: patience_loss``): ``F.mse_loss`` on the stacked (B, L, d) normalised vectors, the
+mean over batch, layers *and* hidden units, i.e. the paper value divided by L*d (768 for a 6->3
+pkd-skip map at d = 384, 3840 for 12->6 at d = 768). The authors' beta grid {10, 100, 500, 1000} was
+tuned under this reduction, so config/methods.yaml makes it PKD's default (``pkd_released_reduction``).
+Under the paper reduction the same beta weighs the patient term L*d times more.
+
+Each squared distance lies in [0, 4], so the released value lies in [0, 4/d].
+Normaliser: B (examples), under both reductions.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ def pkd_patient(
     *,
     released_reduction: bool = False,
 ) -> torch.Tensor:
-    """Patient loss over already-mapped (B, n, d) states (see ``LayerMap.select``).
+    """Patient loss over L already-mapped (B, n, d) states (see ``LayerMap.select``); a scalar.
 
     ``attention_mask`` is accepted for a uniform loss signature and not needed: [CLS] is always a
-    valid token. Teacher states are detached. Widths must match (PKD has no projection).
+    valid token. Teacher states are detached. Widths must match (PKD has no projection): ModelError
+    otherwise. A zero [CLS] vector normalises to 0 (``F.normalize``), with finite gradients.
+    Normaliser: B (examples)
     """
     if len(teacher_states) != len(student_states) or not teacher_states:
         raise ModelError(

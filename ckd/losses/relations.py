@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["wr_pair", "wr_triple", "ltr_pair", "ltr_triple", "RELATION_LOSSES", "DEFAULT_WINDOW"]
+__all__ = ["wr_pair", "wr_triple", "ltr_pair", "ltr_triple", "batch_normaliser", "RELATION_LOSSES", "DEFAULT_WINDOW"]
 
 DEFAULT_WINDOW = 21  # the authors' released default
 
@@ -357,6 +357,20 @@ class _LayerGram:
 # ----------------------------------------------------------------------------- public losses
 
 
+def batch_normaliser(term: str, attention_mask: torch.Tensor, *, window: int | None = DEFAULT_WINDOW, **_) -> torch.Tensor:
+    """The batch-dependent part of a relation term's denominator, from the (B, n) attention mask:
+    sum_b n_b^2 (``wr_pair``), sum_b n_b (``ltr_pair``, ``ltr_triple``, windowed ``wr_triple``) or
+    sum_b n_b^3 (``wr_triple`` with window=None); n_b = valid tokens of sentence b. The constant part
+    (K, K^2, K^3, w^2) is the same for every batch. Each loss divides by this same count, so
+    loss * count is additive over any split of a batch (the training loop uses that to make gradient
+    accumulation and multi-process training exact)."""
+    lengths = (attention_mask != 0).sum(dim=1).to(torch.float64)
+    power = {"wr_pair": 2, "ltr_pair": 1, "ltr_triple": 1, "wr_triple": 1 if window is not None else 3}
+    if term not in power:
+        raise ValueError(f"unknown relation term {term!r}: one of {', '.join(power)}")
+    return lengths.pow(power[term]).sum()
+
+
 def wr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
     """Word Relation pair loss: per mapped layer, row-softmax of token cosines (j != i, j valid),
     KL(P_T || P_S) summed over layers, sentences and valid rows, / (K * sum_b n_b^2)."""
@@ -382,8 +396,7 @@ def wr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
             value = _PairKL(logits_t.log_softmax(dim=-1), neg_p_t, any_kept, fill)
             kl = _through_grams(grams.fresh(), value, s)
             total = kl if total is None else total + kl
-        lengths = valid.sum(dim=1).to(dtype)
-        return total / _denominator(len(student) * lengths.square().sum())
+        return total / _denominator(len(student) * batch_normaliser("wr_pair", valid).to(dtype))
 
 
 class _PairKL:
@@ -432,7 +445,7 @@ def ltr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
             return _value_and_grad(lambda g: _masked_kl(cos_t, _cosines(g), keep), small, need_grad)
 
         total = _through_grams(grams, value, *student)
-        return total / _denominator(K * K * valid.sum().to(dtype))
+        return total / _denominator(K * K * batch_normaliser("ltr_pair", valid).to(dtype))
 
 
 def _layer_angles(gram: torch.Tensor) -> torch.Tensor:
@@ -459,7 +472,7 @@ def ltr_triple(teacher_states, student_states, attention_mask) -> torch.Tensor:
             return _value_and_grad(lambda g: (_layer_angles(g) - psi_t).square().sum(), small, need_grad)
 
         total = _through_grams(grams, value, *student)
-        return total / _denominator(K**3 * valid.sum().to(dtype))
+        return total / _denominator(K**3 * batch_normaliser("ltr_triple", valid).to(dtype))
 
 
 def wr_triple(
@@ -489,7 +502,7 @@ def wr_triple(
     teacher, student, valid = _check_inputs(teacher_states, student_states, attention_mask)
     K = len(student)
     dtype = _compute_dtype(student[0])
-    lengths = valid.sum(dim=1).to(dtype)
+    count = batch_normaliser("wr_triple", valid, window=window).to(dtype)
     with _no_autocast(valid.device):
         if window is None:
             # Positions after the last valid token of every sentence take no part: drop them.
@@ -510,8 +523,8 @@ def wr_triple(
             layer = _through_grams(grams.fresh(), value_of.against(g_t), s)
             total = layer if total is None else total + layer
         if window is None:
-            return total.to(dtype) / _denominator(K * lengths.pow(3).sum())
-        return total / _denominator(K * lengths.sum() * window**2)
+            return total.to(dtype) / _denominator(K * count)
+        return total / _denominator(K * count * window**2)
 
 
 def _blocks(n: int, chunk_size: int | None, bytes_per_centre: int, budget: int = _CHUNK_BYTES) -> list[tuple[int, int]]:

@@ -2,7 +2,11 @@
 
 
 rule expected_runs:
-    # The grid the config asks for, so that missing.md lists runs that never finished.
+    # The grid the config asks for, so that missing.md lists runs that never finished. A searched
+    # method's runs get their config fingerprint once its setting is selected (search.smk): the list
+    # is computed again when the job runs, after the selections; params make a changed grid re-run it.
+    input:
+        SELECTED_CONFIGS,
     output:
         f"{STUDY_DIR}/expected.json",
     params:
@@ -11,13 +15,14 @@ rule expected_runs:
         f"{LOGS}/expected_runs.log",
     localrule: True
     run:
-        atomic_write_json(output[0], params.runs)
+        atomic_write_json(output[0], expected_runs())
 
 
 rule aggregate:
     input:
         expected=f"{STUDY_DIR}/expected.json",
         records=TEACHER_RECORDS + RUN_RECORDS,
+        selected=SELECTED_SUMMARIES,
     output:
         **table_outputs(),
     log:

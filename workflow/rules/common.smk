@@ -29,6 +29,7 @@ TABLE_FORMATS = {
     "paper_delta": ("csv", "md", "tex"),
     "ablation": ("csv", "md", "tex"),
     "significance": ("csv", "md", "tex"),
+    "selected_settings": ("csv", "md", "tex"),
     "missing": ("csv", "md"),
     "runs": ("csv",),
 }
@@ -164,12 +165,15 @@ def _shell(args):
     return " ".join(shlex.quote(arg) for arg in args)
 
 
-def _common_args(task, seed, output_dir=None, train_overrides=None):
+def _common_args(task, seed, output_dir=None, train_overrides=None, drop_train=(), data_overrides=None):
+    """drop_train: train keys a searched method's grid sets (lr, epochs); data_overrides: a search run's
+    data.selection_split (search.smk)."""
     train = {"progress": False, **config["train"], **(train_overrides or {})}
+    train = {key: value for key, value in train.items() if key not in drop_train}
     args = [_arg("study", STUDY), _arg("task", task), _arg("seed", int(seed))]
     if output_dir is not None:
         args.append(_arg("output_dir", output_dir))
-    args += [_arg(f"data.{key}", value) for key, value in config["data"].items()]
+    args += [_arg(f"data.{key}", value) for key, value in {**config["data"], **(data_overrides or {})}.items()]
     args += [_arg(f"train.{key}", value) for key, value in train.items()]
     return args
 
@@ -197,26 +201,41 @@ def _teacher_dir(wildcards):
 
 
 def distill_inputs(wildcards):
-    """The runs a distillation reads: its teacher, its first stage, the cached teacher logits."""
+    """The runs a distillation reads: its teacher, its first stage, the cached teacher logits; a
+    searched method's report run also reads its selected settings, a search run (wildcard `point`,
+    search.smk) the search's own first stage and logits."""
     method = METHODS[wildcards.method]
+    point = search_point(wildcards)
     inputs = {}
     if method.needs_teacher:
         inputs["teacher"] = f"{_teacher_dir(wildcards)}/record.json"
         if method.logits_only and config["teacher_logits"]:
-            inputs["logits"] = f"{_teacher_dir(wildcards)}/{Path(TEACHER_LOGITS).name}"
+            inputs["logits"] = f"{_teacher_dir(wildcards)}/{Path(teacher_logits_file(point)).name}"
     if method.after:
-        inputs["stage1"] = run_record(wildcards.task, wildcards.student, method.after, wildcards.seed)
+        if point is None:
+            inputs["stage1"] = run_record(wildcards.task, wildcards.student, method.after, wildcards.seed)
+        else:
+            inputs["stage1"] = search_record(wildcards.task, wildcards.student, method.after, DEFAULT_POINT, wildcards.seed)
+    if point is None and method.name in SEARCHED:
+        inputs["selected"] = selected_config(wildcards.task, wildcards.student, method.name)
     return inputs
 
 
 def distill_overrides(wildcards):
+    """The `ckd distill` overrides of a run; a searched method's report run takes its method_options
+    from the selected settings (`-c`, distill_args) and a search run from its grid point."""
     method = METHODS[wildcards.method]
     student = config["students"][wildcards.student]
-    output_dir = RUN_DIR.format(**wildcards)
-    args = _common_args(wildcards.task, wildcards.seed, output_dir)
+    point = search_point(wildcards)
+    output_dir = (RUN_DIR if point is None else SEARCH_RUN_DIR).format(**wildcards)
+    args = _common_args(wildcards.task, wildcards.seed, output_dir, drop_train=SEARCH_TRAIN_KEYS.get(method.name, ()),
+                        data_overrides=search_data(point), train_overrides=search_train(point, method))
     args += [_arg("method", method.base), _arg("use_task_settings", config["use_task_settings"])]
     if method.name != method.base:
-        args += [_arg("method_name", method.name), _arg("method_options", method.options)]
+        args.append(_arg("method_name", method.name))
+    options = method.options if point is None else {**method.options, **POINT_OPTIONS[(method.name, point)]}
+    if options and not (point is None and method.name in SEARCHED):
+        args.append(_arg("method_options", options))
     args.append(_arg("student", _model(student["model"], wildcards.student)))
     inputs = distill_inputs(wildcards)
     if "teacher" in inputs:
@@ -229,20 +248,29 @@ def distill_overrides(wildcards):
 
 
 def distill_args(wildcards):
-    return _shell(distill_overrides(wildcards))
+    selected = distill_inputs(wildcards).get("selected")
+    return _shell((["-c", selected] if selected else []) + distill_overrides(wildcards))
+
+
+def cache_logits_overrides(wildcards, data_overrides=None):
+    """The data and teacher of the distillation runs that will read the logits file."""
+    args = _common_args(wildcards.task, wildcards.seed, data_overrides=data_overrides)
+    args.append(_arg("teacher", {"name_or_path": f"{TEACHER_DIR.format(**wildcards)}/model"}))
+    return args
 
 
 def cache_logits_args(wildcards):
-    """The data and teacher of the distillation runs that will read the logits file."""
-    args = _common_args(wildcards.task, wildcards.seed)
-    args.append(_arg("teacher", {"name_or_path": f"{TEACHER_DIR.format(**wildcards)}/model"}))
-    return _shell(args)
+    return _shell(cache_logits_overrides(wildcards))
 
 
 class _Wildcards(dict):
     """Stands in for Snakemake's wildcards object outside a rule."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def expected_runs():
@@ -254,9 +282,14 @@ def expected_runs():
         runs.append({"task": task, "student": name, "method": "teacher", "seed": seed,
                      "config_fingerprint": run_fingerprint("finetune", overrides)})
     for task, name, method, seed in RUN_GRID:
-        overrides = distill_overrides(_Wildcards(task=task, student=name, method=method, seed=seed))
-        runs.append({"task": task, "student": name, "method": method, "seed": seed,
-                     "config_fingerprint": run_fingerprint("distill", overrides)})
+        wildcards = _Wildcards(task=task, student=name, method=method, seed=seed)
+        overrides = distill_overrides(wildcards)
+        # a searched method's report run: known once its setting is selected (None: any record counts)
+        selected = distill_inputs(wildcards).get("selected")
+        fingerprint = None
+        if selected is None or Path(selected).is_file():
+            fingerprint = run_fingerprint("distill", overrides, selected)
+        runs.append({"task": task, "student": name, "method": method, "seed": seed, "config_fingerprint": fingerprint})
     return runs
 
 
