@@ -122,21 +122,36 @@ def _shown(value: Any) -> str:
     return repr(value) if not isinstance(value, str) else text
 
 
+# what a differing field means, for the message ("... was computed on other training data: ...")
+_FIELD_MEANING = {
+    "format": "by another ckd cache format", "kind": "for another kind of cache", "task": "for another task",
+    "labels": "for another label order", "data": "on other training data", "examples": "on another number of examples",
+    "max_length": "with another max_length", "tokenizer": "with another tokenizer", "inputs": "on other token ids",
+    "teacher": "with another teacher (weights or config)", "precision": "at another precision",
+}
+_RESERVED = {"format", "key", "info", "tensor_names"}
+
+
 def check_key(found: Mapping[str, Any], expected: Mapping[str, Any], *, path: str | Path, rebuild: str) -> None:
     """Raise CacheError naming the first field (in `expected`'s order) whose value differs."""
     for field, wanted in expected.items():
         have = found.get(field, "<missing>")
         if have != wanted:
+            meaning = _FIELD_MEANING.get(field, "for other inputs")
             raise CacheError(
-                f"{path} was made for other inputs: key field {field!r} is {_shown(have)} in the file but "
+                f"{path} was computed {meaning}: key field {field!r} is {_shown(have)} in the file but "
                 f"{_shown(wanted)} for this run; rebuild it with `{rebuild}`"
             )
 
 
 def write_cache(path: str | Path, key: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> None:
-    """Write a cache atomically (ckd.atomic): its key, its tensors, and informational `info`."""
+    """Write a cache atomically (ckd.atomic): a torch file {format, key, info, tensor_names, <name>: tensor, ...}."""
+    clash = _RESERVED.intersection(tensors)
+    if clash:
+        raise ValueError(f"tensor name {sorted(clash)[0]!r} is reserved in cache files")
+    payload = {"format": CACHE_FORMAT, "key": dict(key), "info": dict(info), "tensor_names": sorted(tensors)}
+    payload.update({name: tensor.detach().cpu() for name, tensor in tensors.items()})
     buffer = io.BytesIO()
-    payload = {"format": CACHE_FORMAT, "key": dict(key), "tensors": {k: v.detach().cpu() for k, v in tensors.items()}, "info": dict(info)}
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
@@ -154,9 +169,10 @@ def read_cache(path: str | Path, expected: Mapping[str, Any], *, rebuild: str, w
         raise CacheError(f"{path} is not a ckd {what} file: rebuild it with `{rebuild}`")
     found = payload.get("key") if isinstance(payload.get("key"), dict) else {"format": payload.get("format", "<missing>")}
     check_key(found, expected, path=path, rebuild=rebuild)
-    tensors = payload.get("tensors")
-    if not isinstance(tensors, dict):
-        raise CacheError(f"{path} has no tensors: rebuild it with `{rebuild}`")
+    names = payload.get("tensor_names") or []
+    tensors = {name: payload.get(name) for name in names}
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise CacheError(f"{path} is damaged (a listed tensor is missing): rebuild it with `{rebuild}`")
     return tensors
 
 

@@ -277,24 +277,41 @@ def check_model_spec_numbers(role: str, spec: Any) -> None:
             check_number(f"{role}.{key}", spec[key], bound)
 
 
-def check_method_settings(method: str, settings: Mapping[str, Any], options: Mapping[str, Any], methods_file: str) -> None:
-    """A resolved method's settings (alpha, temperature, window, loss weights, ...): type, finiteness, range.
+def _check_setting(name: str, key: str, value: Any) -> None:
+    """One method setting `key` (named `name` in messages): its own range (METHOD_SETTINGS), true/false for
+    METHOD_FLAGS, finite and >= 0 for any other number; other values (names, flags) are left to their users."""
+    if key in METHOD_FLAGS:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return
+    bound = METHOD_SETTINGS.get(key)
+    if bound is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        bound = Bound(low=0, none=False)
+    if key == "window" and bound.accepts(value) and value is not None and value % 2 == 0:
+        raise ConfigError(f"{name} must be an odd integer (the centre word and equal context on both sides), got {value!r}")
+    if not bound.accepts(value):
+        if key == "alpha" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ConfigError(f"{name} must lie in [0, 1], got {value}")
+        raise ConfigError(f"{name} must be {bound.describe()}, got {value!r}")
+
+
+def check_method_settings(
+    method: str, settings: Mapping[str, Any], options: Mapping[str, Any], methods_file: str,
+    weights: Mapping[str, float] | None = None,
+) -> None:
+    """A resolved method's settings (alpha, temperature, window, loss weights, ...) and its terms' weights:
+    type, finiteness, range (see `_check_setting`); every term weight must be a finite number >= 0.
 
     A value given in `method_options` is named as `method_options.<key>`; one from the methods file is named there.
     """
     for key, value in settings.items():
         name = f"method_options.{key}" if key in options else f"setting {key!r} of method {method!r} in {methods_file}"
-        if key in METHOD_FLAGS:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name} must be true or false, got {value!r}")
-            continue
-        bound = METHOD_SETTINGS.get(key, Bound(low=0, none=False))
-        if key == "window" and bound.accepts(value) and value is not None and value % 2 == 0:
-            raise ConfigError(f"{name} must be an odd integer (the centre word and equal context on both sides), got {value!r}")
-        if not bound.accepts(value):
-            if key == "alpha" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                raise ConfigError(f"{name} must lie in [0, 1], got {value}")
-            raise ConfigError(f"{name} must be {bound.describe()}, got {value!r}")
+        _check_setting(name, key, value)
+    for term, weight in (weights or {}).items():
+        if not Bound(low=0, none=False).accepts(weight):
+            raise ConfigError(f"the weight of loss term {term!r} of method {method!r} must be a finite number >= 0, got {weight!r}")
 
 
 def _check_values(kind: str, config: Mapping[str, Any]) -> None:
@@ -324,7 +341,7 @@ def _check_values(kind: str, config: Mapping[str, Any]) -> None:
         raise ConfigError(f"config key data.source: {data['source']!r} is not one of auto, glue_dir, hub, synthetic")
     from ckd.data.loading import selection_spec
 
-    selection_spec(data["selection_split"])
+    data["selection_split"] = selection_spec(data["selection_split"])  # completed: the record shows the split used
     for role in ("model", "teacher", "student"):
         check_model_spec_numbers(role, config.get(role))
     if kind == "cache_logits":
@@ -336,9 +353,10 @@ def _check_values(kind: str, config: Mapping[str, Any]) -> None:
         _require(config, "method", "name the method from the methods file, e.g. method=ckd")
         if not isinstance(config["method_options"], Mapping):
             raise ConfigError(f"config key 'method_options' must be a mapping, got {config['method_options']!r}")
+        # non-finite values here (a run config must stay JSON); ranges with the method's settings (check_method_settings)
         for key, value in config["method_options"].items():
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"config key method_options.{key} must be a finite number, got {value!r}")
+                _check_setting(f"method_options.{key}", key, value)
 
 
 def fingerprint(obj: Any) -> str:

@@ -1,8 +1,9 @@
 """Device, mixed precision and multi-process (torchrun) plumbing for the training loop.
 
 Under `torchrun --nproc_per_node N` every process trains on a 1/N share of each optimiser step's
-examples (the global batch stays `train.batch_size`), gradients are averaged with one all-reduce
-per step, every process evaluates the full dev set, and only rank 0 writes files.
+examples (the global batch stays `train.batch_size`), gradients are summed by torch's
+DistributedDataParallel once per step (`no_sync` for the other micro-batches), every process
+evaluates the full dev set, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -90,20 +91,21 @@ def share_of(indices: list[int], runtime: Runtime) -> list[int]:
     return indices[runtime.rank::runtime.world_size]
 
 
-def sum_gradients(params: list[torch.nn.Parameter], runtime: Runtime) -> None:
-    """Sum every process's gradients; each loss was already weighted by its share of the global batch."""
+def wrap_for_training(module: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """`module` under torch's DistributedDataParallel when there are several processes (itself
+    otherwise). Unused parameters are allowed: some methods read no logits (TinyBERT stage 1)."""
     if not runtime.distributed:
-        return
-    import torch.distributed as dist
+        return module
+    from torch.nn.parallel import DistributedDataParallel
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+    device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False)
+
+
+def no_gradient_sync(module: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Accumulate gradients locally (DistributedDataParallel.no_sync) for every micro-batch of a
+    step but the last."""
+    return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
 
 
 def sum_across(values: dict[str, float], runtime: Runtime) -> dict[str, float]:
@@ -115,6 +117,13 @@ def sum_across(values: dict[str, float], runtime: Runtime) -> dict[str, float]:
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(tensor)
     return dict(zip(keys, tensor.tolist()))
+
+
+def any_process(flag: bool, runtime: Runtime) -> bool:
+    """True on every process when `flag` is true on any."""
+    if not runtime.distributed:
+        return flag
+    return sum_across({"flag": float(flag)}, runtime)["flag"] > 0
 
 
 def gather_objects(obj: Any, runtime: Runtime) -> list[Any]:

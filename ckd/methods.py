@@ -199,6 +199,11 @@ def resolve_method(
             f"method_options.{sorted(unknown)[0]}: not a setting of method {name!r}; known settings: {', '.join(sorted(settings))}"
         )
     settings.update(options)
+    for key, default in document["settings"].items():
+        # A switch (a global setting whose default is true/false) must stay a boolean: "no" would read as true.
+        if isinstance(default, bool) and not isinstance(settings[key], bool):
+            where = f"method_options.{key}" if key in options else f"{path}: setting {key!r} of method {name!r}"
+            raise ConfigError(f"{where} is a switch and must be true or false, got {settings[key]!r}")
     terms = []
     for term_name, spec in flat["terms"].items():
         if known_terms is not None and term_name not in known_terms:

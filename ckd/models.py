@@ -70,6 +70,16 @@ def _from_pretrained(loader, source: str, **kwargs):
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set: use a local folder or package:<module>)" if offline else ""
         raise ModelError(f"cannot load {source!r}{hint}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:
+        # safetensors reports a truncated or corrupt weight file with its own error type (SafetensorError)
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        files = sorted(p.name for p in Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+        where = f"{Path(source) / files[0]}" if len(files) == 1 else f"a .safetensors file of {source}"
+        raise ModelError(
+            f"cannot read {where}: the weight file is truncated or corrupt ({str(exc).splitlines()[0]}); "
+            "copy the model folder again, or re-run the run that wrote it"
+        ) from None
 
 
 def load_tokenizer(spec: Mapping[str, Any]):
@@ -166,13 +176,23 @@ def head_fit(model: nn.Module, loading_info: Mapping[str, Any], *, num_labels: i
     Reads the checkpoint itself: the weights transformers had to initialise (`missing_keys`) or could not
     use (`mismatched_keys`), the config's num_labels/problem_type and its label names (ckd.labels).
     Returns (None, mapping) when it fits (mapping: None for regression), else (what the checkpoint has,
-    e.g. "has no trained classifier (...)", None).
+    e.g. "has no trained classifier (...)", None). Missing or misshapen ENCODER weights are no head question:
+    ModelError for every role.
     """
     config = model.config
     prefix = getattr(model, "base_model_prefix", "")
     missing = sorted(str(k) for k in (loading_info.get("missing_keys") or ()))
-    mismatched = sorted((tuple(m) for m in (loading_info.get("mismatched_keys") or ())), key=lambda m: str(m[0]))
+    mismatched = sorted(
+        ((m,) if isinstance(m, str) else tuple(m) for m in (loading_info.get("mismatched_keys") or ())), key=lambda m: str(m[0])
+    )  # transformers 5: (key, shape in the weights, shape the config makes)
     architectures = ", ".join(getattr(config, "architectures", None) or []) or "none listed"
+    encoder = [*missing, *(str(m[0]) for m in mismatched)]
+    encoder = [k for k in encoder if prefix and k.startswith(prefix + ".") and ".pooler." not in k]
+    if encoder:  # not a head question: the encoder itself would be partly random, for any role
+        raise ModelError(
+            f"{model.config._name_or_path} lacks encoder weights or has them in another shape than its config.json says "
+            f"({_listed(encoder)}): the checkpoint is incomplete or does not match its config; re-save or re-download it"
+        )
     if missing:
         if any(not (prefix and k.startswith(prefix + ".")) for k in missing):
             return f"has no trained classifier (architectures: {architectures}; its weights lack {_listed(missing)})", None

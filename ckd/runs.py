@@ -157,7 +157,9 @@ def _run(kind: str, config: dict[str, Any], runtime, force: bool, folder: RunFol
             document, config["method"], task.name,
             use_task_settings=bool(config["use_task_settings"]), options=config["method_options"], known_terms=set(TERMS),
         )
-        check_method_settings(method.name, method.settings, config["method_options"], document["_path"])
+        check_method_settings(
+            method.name, method.settings, config["method_options"], document["_path"], {t.name: t.weight for t in method.terms}
+        )
         model_spec = copy.deepcopy(config["student"])
         if method.after:
             model_spec = _second_stage_student(config, method, model_spec, force)

@@ -85,6 +85,7 @@ def cache_teacher_logits(config: Mapping[str, Any], out: str | Path) -> torch.Te
     from ckd.data import encode_split, get_task
     from ckd.data.loading import data_fingerprint, run_splits
     from ckd.distributed import start_runtime, stop_runtime
+    from ckd.interrupts import defer_interrupts
     from ckd.models import build_model
 
     removed = remove_own_temporaries(out)  # a killed earlier run's partial file
@@ -109,5 +110,6 @@ def cache_teacher_logits(config: Mapping[str, Any], out: str | Path) -> torch.Te
         "teacher": str(config["teacher"].get("name_or_path")), "labels": teacher.head.get("labels"),
         "device": str(runtime.device), "ckd_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    save_teacher_logits(out, logits, key, info)
+    with defer_interrupts("writing the teacher logits"):  # SIGTERM/SIGINT wait for the rename; SIGKILL: see above
+        save_teacher_logits(out, logits, key, info)
     return logits

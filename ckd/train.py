@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from ckd import checkpoint as ckpt
 from ckd.atomic import remove_stale_temporaries
-from ckd.distributed import Runtime, barrier, gather_objects, share_of, sum_across, sum_gradients
+from ckd.distributed import Runtime, any_process, barrier, gather_objects, no_gradient_sync, share_of, sum_across, wrap_for_training
 from ckd.errors import CkdError
 from ckd.evaluation import evaluate, selection_value
 from ckd.interrupts import InterruptFlag
@@ -136,6 +137,20 @@ def _chunks(items: list[int], parts: int) -> list[list[int]]:
     return [items[i:i + size] for i in range(0, len(items), size)] if size else []
 
 
+class TrainingStep(nn.Module):
+    """The trained modules (student, and the objective's learnable parts such as TinyBERT's
+    projections) with the step loss as forward, the unit that DistributedDataParallel wraps. The
+    teacher is not a submodule: it is frozen and never synchronised."""
+
+    def __init__(self, student: nn.Module, objective: nn.Module, step_loss: Callable):
+        super().__init__()
+        self.student, self.objective = student, objective
+        self.step_loss = step_loss
+
+    def forward(self, batch: dict[str, torch.Tensor], shares: dict[str, float] | None = None):
+        return self.step_loss(batch, shares)
+
+
 def _loss_batch(batch: dict[str, torch.Tensor]) -> Batch:
     return Batch(labels=batch["labels"], attention_mask=batch["attention_mask"])
 
@@ -156,6 +171,7 @@ class Trainer:
         self.eval_every = int(cfg["eval_every"] or self.steps_per_epoch)
         self.checkpoint_every = int(cfg["checkpoint_every"] or self.eval_every)
         torch.manual_seed(self.seed + self.runtime.rank)
+        self.model = wrap_for_training(TrainingStep(setup.student, setup.objective, setup.step_loss), self.runtime)
         self.params = [p for p in setup.student.parameters() if p.requires_grad]
         self.params += [p for p in setup.objective.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -209,37 +225,47 @@ class Trainer:
     # -- one optimiser step ------------------------------------------------------------------
     def accumulate_gradients(self, indices: list[int]) -> tuple[float, dict[str, float]]:
         """Forward and backward over one optimiser step's examples: this process's share, in
-        `train.grad_accum` micro-batches, gradients summed across processes. Returns the step's loss
-        and term values.
+        `train.grad_accum` micro-batches, gradients summed across processes (by DistributedDataParallel
+        on the last micro-batch). Returns the step's loss and term values.
 
         Exact whatever the split: every micro-batch is padded to the step's longest row, and each
         term of each micro-batch is weighted by that micro-batch's share of the term's normaliser over
         the whole step (all micro-batches of all processes: `Objective.counts`), so loss and gradients
         equal those of the whole batch at once for per-example, per-token and per-pair means alike.
-        Every process takes part in every collective, also with no examples of its own.
+        Every process runs the same number of micro-batches (a process with fewer examples adds
+        micro-batches of weight 0), so every process joins every collective.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        data, objective = self.setup.train_data, self.setup.objective
+        data, objective, runtime = self.setup.train_data, self.setup.objective, self.runtime
         width = data.width(indices)
-        share = share_of(indices, self.runtime)
-        batches = [data.batch(chunk, width=width) for chunk in _chunks(share, int(self.cfg["grad_accum"]))]
+        accum = int(self.cfg["grad_accum"])
+        chunks = _chunks(share_of(indices, runtime), accum)
+        rounds = max(len(_chunks(share_of(indices, replace(runtime, rank=r)), accum)) for r in range(runtime.world_size))
+        batches = [data.batch(chunk, width=width) for chunk in chunks]
         counts = [objective.counts(_loss_batch(batch)) for batch in batches]
         names = objective.term_names
-        step_counts = sum_across({name: sum(c[name] for c in counts) for name in names}, self.runtime)
+        step_counts = sum_across({name: sum(c[name] for c in counts) for name in names}, runtime)
+        idle = dict.fromkeys(names, 0.0)
+        while len(batches) < rounds:  # weight 0: a forward and backward only so that the collectives match
+            batches.append(data.batch(indices[:1], width=width))
+            counts.append(idle)
         local = dict.fromkeys(["loss", *(f"term/{name}" for name in names)], 0.0)
-        for batch, count in zip(batches, counts):
+        for round_, (batch, count) in enumerate(zip(batches, counts)):
             shares = {name: count[name] / step_counts[name] if step_counts[name] else 0.0 for name in names}
-            batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
-            with self.runtime.autocast():
-                loss, terms = self.setup.step_loss(batch, shares)
-            if loss.dtype in (torch.float16, torch.bfloat16):
-                loss = loss.float()
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            batch = {k: v.to(runtime.device) for k, v in batch.items()}
+            # Gradients are all-reduced on the last micro-batch only. DistributedDataParallel averages
+            # over processes; the terms are already normalised over the whole step, so the sum is wanted.
+            with nullcontext() if round_ == rounds - 1 else no_gradient_sync(self.model):
+                with runtime.autocast():
+                    loss, terms = self.model(batch, shares)
+                if loss.dtype in (torch.float16, torch.bfloat16):
+                    loss = loss.float()
+                scaled = loss * runtime.world_size
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             local["loss"] += loss.item()
             for name, value in terms.items():
                 local[f"term/{name}"] += value
-        totals = sum_across(local, self.runtime)
-        sum_gradients(self.params, self.runtime)
+        totals = sum_across(local, runtime)
         terms = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith("term/")}
         return totals["loss"], terms
 
@@ -316,11 +342,13 @@ class Trainer:
                             if last:
                                 final_eval = (metrics, predictions)
                         progress.history.append(entry)
-                    if not last and (progress.step % self.checkpoint_every == 0 or termination.raised):
+                    # Every process must stop after the same step (a signal may reach them a step apart).
+                    stop = any_process(termination.raised, self.runtime)
+                    if not last and (progress.step % self.checkpoint_every == 0 or stop):
                         self.save()
-                    if termination.raised and not last:
+                    if stop and not last:
                         raise Preempted(
-                            f"stopped by {termination.name} after step {progress.step}/{self.total_steps}; checkpoint saved in "
+                            f"stopped by {termination.name or 'a signal to another process'} after step {progress.step}/{self.total_steps}; checkpoint saved in "
                             f"{ckpt.latest_path(self.setup.run_dir)}: run the same command again to resume"
                         )
             finally:

@@ -1,5 +1,9 @@
 """Bad input catalogue: each case is refused with one line that names the culprit and the fix, exit code 2,
-and leaves nothing a later `ckd aggregate` would read as a finished run (no record.json, no temporaries).
+and leaves nothing a later `ckd aggregate` would read as a finished run (no new or changed record.json,
+no temporaries).
+
+Disk-full and read-only cases run on a real small filesystem (a tmpfs mounted for the case, which needs
+root); the disk is filled at the named moment by a hook, and the write then fails as it would in use.
 
 `python tests/test_bad_inputs.py` prints the catalogue as a Markdown table (case -> message).
 """
@@ -9,8 +13,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,11 +37,33 @@ def spec(role: str, layers: int = 2, **changes) -> list[str]:
 @dataclass
 class Env:
     tmp: Path
-    teacher: Path  # a saved 2-layer, 4-head, 32-wide model folder on the synthetic tokenizer
+    teacher: Path  # model/ of a finished 2-layer, 4-head, 32-wide syn-pair `ckd finetune` run (synthetic tokenizer)
+    mounts: list[Path] = field(default_factory=list)
+    records_before: dict[Path, bytes] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def out(self) -> Path:
         return self.tmp / "run"
+
+    @property
+    def teacher_run(self) -> Path:
+        return self.teacher.parent
+
+    def mount(self, name: str, size_kb: int = 1024, read_only: bool = False) -> Path:
+        """A real tmpfs of `size_kb` at tmp/<name> (unmounted after the case)."""
+        folder = self.tmp / name
+        folder.mkdir(parents=True, exist_ok=True)
+        mount_tmpfs(folder, size_kb, read_only)
+        self.mounts.append(folder)
+        return folder
+
+    def unmount(self) -> None:
+        for cleanup in self.cleanups:
+            cleanup()
+        for folder in reversed(self.mounts):
+            subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
+        self.mounts.clear()
 
     def finetune(self, *extra: str, task: str = "syn-pair") -> list[str]:
         return ["finetune", f"task={task}", f"output_dir={self.out}", *spec("model"), *DATA, *QUIET, *extra]
@@ -91,48 +119,98 @@ def fake_checkpoint(env: Env, fingerprint: str) -> None:
     save_checkpoint(env.out, {"config_fingerprint": fingerprint, "step": 1})
 
 
-class FullDisk:
-    """A file handle on a full disk: half the bytes get written, then ENOSPC."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def write(self, data: bytes) -> int:
-        self.handle.write(data[: len(data) // 2])
-        self.handle.flush()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
+def mount_tmpfs(folder: Path, size_kb: int, read_only: bool = False) -> None:
+    options = f"size={size_kb}k" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip() or done.returncode}")
 
 
-def disk_full_for(file_name: str):
+def fill(folder: Path, leave: int = 0) -> None:
+    """Fill the filesystem holding `folder` with a file of zeros, leaving about `leave` bytes free."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        for size in (1 << 16, 1 << 12, 1):
+            try:
+                while handle.write(b"\0" * size):
+                    pass
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    if leave:
+        os.truncate(filler, max(0, filler.stat().st_size - leave))
+
+
+def fill_before(target: str, name: str, leave: int = 0):
+    """A patch: fill the case's tmpfs `name` just before `target` (module.attribute) is called."""
+    module_name, attribute = target.rsplit(".", 1)
+
     def patch(mp: pytest.MonkeyPatch, env: Env) -> None:
-        real = os.fdopen
+        import importlib
 
-        def fdopen(fd, *args, **kwargs):
-            handle = real(fd, *args, **kwargs)
-            if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(f".{file_name}."):
-                return FullDisk(handle)
-            return handle
+        module = importlib.import_module(module_name)
+        real = getattr(module, attribute)
 
-        mp.setattr(os, "fdopen", fdopen)
+        def filled_first(*args, **kwargs):
+            fill(env.tmp / name, leave)
+            return real(*args, **kwargs)
+
+        mp.setattr(module, attribute, filled_first)
 
     return patch
 
 
-def disk_full_in_torch_save(mp: pytest.MonkeyPatch, env: Env) -> None:
-    def save(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"PK\x03\x04 partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0: file write failed")
+def on_full_disk(env: Env, *extra: str) -> list[str]:
+    """A finetune run whose output_dir is on a 4 MiB tmpfs (checkpoint every step)."""
+    disk = env.mount("disk", 4096)
+    return env.finetune("train.checkpoint_every=1", f"output_dir={disk / 'run'}", *extra)
 
-    mp.setattr(torch, "save", save)
+
+def copy_run(source: Path, target: Path) -> None:
+    shutil.copytree(source, target)
+
+
+def teacher_unchanged(env: Env) -> None:
+    record = json.loads((env.teacher_run / "record.json").read_text())
+    assert record["kind"] == "finetune" and (env.teacher / "model.safetensors").is_file()
+    assert TEACHER_BYTES and (env.teacher / "model.safetensors").read_bytes() == TEACHER_BYTES["model"]
+    assert (env.teacher_run / "record.json").read_bytes() == TEACHER_BYTES["record"]
+
+
+def truncated_teacher(env: Env, keep: int | None = None) -> Path:
+    folder = env.tmp / "truncated-teacher"
+    shutil.copytree(env.teacher, folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2 if keep is None else keep])
+    return folder
+
+
+def holding_the_lock(env: Env) -> None:
+    from ckd.run_dir import RunLock
+
+    env.out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock.acquire(env.out)
+    env.cleanups.append(lock.release)
+
+
+def unfinished_other_config(env: Env) -> None:
+    """owner.json and a checkpoint of the same command with train.lr=5e-3."""
+    from ckd.config import resolve_config
+    from ckd.run_dir import OWNER_FILE, owner_of
+
+    config = resolve_config("finetune", None, env.finetune("train.lr=5e-3")[1:])
+    owner = owner_of("finetune", config)
+    env.out.mkdir(parents=True)
+    (env.out / OWNER_FILE).write_text(json.dumps(owner))
+    fake_checkpoint(env, owner["config_fingerprint"])
+
+
+def checkpoint_with_threads(env: Env, threads: int) -> None:
+    from ckd.checkpoint import save_checkpoint
+    from ckd.config import run_fingerprint
+
+    fingerprint = run_fingerprint("finetune", env.finetune()[1:])
+    save_checkpoint(env.out, {"config_fingerprint": fingerprint, "step": 1, "threads": threads})
 
 
 def nan_kept_checkpoint(env: Env) -> None:
@@ -141,7 +219,13 @@ def nan_kept_checkpoint(env: Env) -> None:
 
 
 def kept_model_not_record(env: Env) -> None:
-    assert (env.out / "model").is_dir() and (env.out / "checkpoints" / "latest").is_dir()
+    run = env.tmp / "disk" / "run"
+    assert (run / "model" / "model.safetensors").is_file() and (run / "checkpoints" / "latest" / "state.pt").is_file()
+
+
+def kept_checkpoint(env: Env) -> None:
+    state = torch.load(env.tmp / "disk" / "run" / "checkpoints" / "latest" / "state.pt", weights_only=False)
+    assert state["step"] >= 1
 
 
 def no_tables(env: Env) -> None:
@@ -216,11 +300,96 @@ CASES = [
          ("belongs to a different config", "use another output_dir or delete")),
     Case("checkpoint unreadable", lambda e: e.write("run/checkpoints/latest/state.pt", b"\x00garbage") and e.finetune(),
          ("state.pt is unreadable", "to start over")),
-    # --- disk full (simulated): nothing partial is left, the last good state is kept
-    Case("disk full while writing the run record", lambda e: e.finetune("train.checkpoint_every=1"),
-         ("run/record.json: disk full", "Free space there"), patch=disk_full_for("record.json"), check=kept_model_not_record),
-    Case("disk full while writing a checkpoint", lambda e: e.finetune("train.checkpoint_every=1"),
-         ("cannot write checkpoint", "checkpoints/latest/state.pt", "disk full", "Free space there"), patch=disk_full_in_torch_save),
+    # --- disk full (a real 4 MiB tmpfs, filled at the named moment): nothing partial is left, the last good state is kept
+    Case("disk full while writing the run record", lambda e: on_full_disk(e),
+         ("run/record.json: disk full", "Free space there"), patch=fill_before("ckd.runs.build_record", "disk"),
+         check=kept_model_not_record),
+    Case("disk full while writing a checkpoint", lambda e: on_full_disk(e),
+         ("cannot write checkpoint", "checkpoints/latest/state.pt", "disk full", "the previous checkpoint is kept", "Free space there"),
+         patch=fill_before("ckd.checkpoint.atomic_directory", "disk", leave=8192)),
+    Case("disk full while saving the model (safetensors)", lambda e: on_full_disk(e),
+         ("run/model: disk full", "Free space there"), patch=fill_before("ckd.runs.save_model", "disk", leave=8192),
+         check=kept_checkpoint),
+    Case("disk full while writing the predictions", lambda e: on_full_disk(e),
+         ("run/predictions.json: disk full", "Free space there"), patch=fill_before("ckd.runs.predictions_payload", "disk")),
+    Case("disk already full when the run starts", lambda e: fill(e.mount("disk", 256)) or e.finetune(f"output_dir={e.tmp / 'disk' / 'run'}"),
+         ("disk full", "Free space there")),
+    # --- files that cannot be read or written
+    Case("output_dir on a read-only filesystem", lambda e: e.finetune(f"output_dir={e.mount('ro', 64, read_only=True) / 'run'}"),
+         ("output_dir", "ro/run is not writable (Read-only file system)", "choose a writable output_dir", "before any model or data is loaded")),
+    Case("output_dir is a file", lambda e: e.finetune(f"output_dir={e.write('a-file', 'x')}"),
+         ("output_dir", "a-file is a file, not a folder", "choose another output_dir")),
+    Case("output_dir below a file", lambda e: e.finetune(f"output_dir={e.write('a-file', 'x') / 'run'}"),
+         ("a-file/run is not writable (Not a directory)", "choose a writable output_dir")),
+    Case("truncated model.safetensors", lambda e: e.distill(f"teacher.name_or_path={truncated_teacher(e)}"),
+         ("truncated-teacher/model.safetensors", "truncated or corrupt", "copy the model folder again")),
+    Case("empty model.safetensors", lambda e: e.distill(f"teacher.name_or_path={truncated_teacher(e, keep=0)}"),
+         ("truncated-teacher/model.safetensors", "truncated or corrupt", "copy the model folder again")),
+    Case("GLUE header with a trailing tab", lambda e: e.glue({"train.tsv": RTE_HEADER.replace("\n", "\t\n") + RTE_TRAIN[len(RTE_HEADER):],
+                                                             "dev.tsv": RTE_TRAIN}),
+         ("RTE/train.tsv: line 1: the header has an empty column name (column 5 of 5", "stray tab", "remove the extra tab")),
+    Case("GLUE header with an empty column name", lambda e: e.glue({"train.tsv": RTE_TRAIN.replace("index\t", "index\t\t", 1),
+                                                                    "dev.tsv": RTE_TRAIN}),
+         ("RTE/train.tsv: line 1: the header has an empty column name (column 2 of 5)", "remove the extra tab")),
+    # --- numbers: type, finiteness and range, named before anything loads
+    Case("learning rate NaN", lambda e: e.finetune("train.lr=.nan"), ("config key train.lr must be a positive number, got nan",)),
+    Case("warm-up ratio NaN", lambda e: e.finetune("train.warmup_ratio=.nan"),
+         ("config key train.warmup_ratio must be a finite number >= 0 and < 1, got nan",)),
+    Case("gradient-norm cap NaN", lambda e: e.finetune("train.max_grad_norm=.nan"),
+         ("config key train.max_grad_norm must be a finite number >= 0, got nan",)),
+    Case("weight decay infinite", lambda e: e.finetune("train.weight_decay=.inf"),
+         ("config key train.weight_decay must be a finite number >= 0, got inf",)),
+    Case("Adam epsilon zero", lambda e: e.finetune("train.adam_eps=0"), ("config key train.adam_eps must be a positive number, got 0",)),
+    Case("fractional epochs", lambda e: e.finetune("train.epochs=1.5"), ("config key train.epochs must be a positive integer, got 1.5",)),
+    Case("max_length too short", lambda e: e.finetune("data.max_length=1"), ("config key data.max_length must be an integer >= 2, got 1",)),
+    Case("negative seed", lambda e: e.finetune("seed=-1"), ("config key seed must be an integer >= 0",)),
+    Case("model with -1 layers", lambda e: e.finetune("model={init: random, tokenizer: synthetic, hidden: 32, heads: 4, ffn: 64, layers: -1}"),
+         ("config key model.layers must be a positive integer, got -1",)),
+    Case("student with 0 layers", lambda e: e.distill(student=spec("student", 0)), ("config key student.layers must be a positive integer, got 0",)),
+    Case("dropout of 1.5", lambda e: e.finetune("model.dropout=1.5"), ("config key model.dropout must be a finite number >= 0 and < 1, got 1.5",)),
+    Case("KD alpha NaN", lambda e: e.distill("method_options.alpha=.nan"), ("method_options.alpha must lie in [0, 1], got nan",)),
+    Case("KD alpha above 1", lambda e: e.distill("method_options.alpha=2.0"), ("method_options.alpha must lie in [0, 1], got 2.0",)),
+    Case("temperature zero", lambda e: e.distill("method_options.temperature=0"),
+         ("method_options.temperature must be a positive number, got 0",)),
+    Case("negative loss weight", lambda e: e.distill("method_options.wr_pair=-1", method="ckd"),
+         ("method_options.wr_pair must be a finite number >= 0, got -1",)),
+    Case("infinite loss weight", lambda e: e.distill("method_options.beta=.inf", method="pkd"),
+         ("method_options.beta must be a finite number >= 0, got inf",)),
+    Case("even CKD window", lambda e: e.distill("method_options.window=4", method="ckd"),
+         ("method_options.window must be an odd integer", "got 4")),
+    Case("NaN term weight in a methods file", lambda e: e.distill(methods_file(e, "    terms: {kd: {weight: .nan}}\n"), method="custom"),
+         ("the weight of loss term 'kd' of method 'custom' must be a finite number >= 0, got nan",)),
+    # --- the output folder: whose it is, what it may not be, who writes it
+    Case("distill into the teacher's run folder", lambda e: e.distill(f"output_dir={e.teacher_run}"),
+         ("contains an input of this run (teacher.name_or_path=", "choose another output_dir"), check=teacher_unchanged),
+    Case("distill into the teacher's run folder with --force", lambda e: e.distill(f"output_dir={e.teacher_run}", "--force"),
+         ("contains an input of this run (teacher.name_or_path=", "choose another output_dir"), check=teacher_unchanged),
+    Case("distill into another finetune run's folder", lambda e: copy_run(e.teacher_run, e.out) or e.distill(),
+         ("belongs to a finetune run (syn-pair, finetune), not to a distill run", "choose another output_dir", "--force never replaces")),
+    Case("--force on another kind's folder", lambda e: copy_run(e.teacher_run, e.out) or e.distill("--force"),
+         ("belongs to a finetune run (syn-pair, finetune), not to a distill run", "--force never replaces"),
+         check=lambda e: json.loads((e.out / "record.json").read_text())["kind"] == "finetune" or pytest.fail("record replaced")),
+    Case("finished run of another config", lambda e: copy_run(e.teacher_run, e.out) or e.finetune("train.lr=2e-3"),
+         ("holds a finished run of another config (train.lr 0.001 -> 0.002)", "choose another output_dir, or add --force")),
+    Case("unfinished run of another config", lambda e: unfinished_other_config(e) or e.finetune("train.lr=1e-3"),
+         ("holds an unfinished run of another config (train.lr 0.005 -> 0.001)", "resume it with its own config", "--force")),
+    Case("second writer while the first runs", lambda e: holding_the_lock(e) or e.finetune(),
+         ("output_dir", "is in use by another ckd process (pid", "wait for it to finish or choose another output_dir")),
+    Case("output_dir inside the teacher model folder", lambda e: e.distill(f"output_dir={e.teacher / 'student'}"),
+         ("student is inside an input of this run (teacher.name_or_path=",), check=teacher_unchanged),
+    Case("output_dir equal to the data folder", lambda e: e.glue({"train.tsv": RTE_TRAIN, "dev.tsv": RTE_TRAIN})
+         + [f"output_dir={e.tmp / 'glue'}"], ("is an input of this run (data.glue_dir=",)),
+    Case("output_dir inside the data folder", lambda e: e.glue({"train.tsv": RTE_TRAIN, "dev.tsv": RTE_TRAIN})
+         + [f"output_dir={e.tmp / 'glue' / 'RTE' / 'run'}"], ("is inside an input of this run (data.glue_dir=",)),
+    Case("output_dir containing the cached logits", lambda e: e.distill(f"teacher_logits={e.out / 'logits.pt'}"),
+         ("contains an input of this run (teacher_logits=",)),
+    Case("second stage writing into its first stage", lambda e: e.distill(f"init_from_run={e.out}", method="tinybert-prediction"),
+         ("is an input of this run (init_from_run=",)),
+    Case("output_dir holding other files", lambda e: e.write("run/notes.txt", "mine") and e.finetune(),
+         ("already holds other files (notes.txt) and no ckd run", "choose a new or empty output_dir"),
+         check=lambda e: (e.out / "notes.txt").read_text() == "mine" or pytest.fail("notes.txt changed")),
+    Case("resume with another thread count", lambda e: checkpoint_with_threads(e, 3) or e.finetune(),
+         ("was written with 3 CPU thread(s), this run has 1", "train.threads=3")),
     # --- results folders
     Case("results written by an incompatible version",
          lambda e: a_study(e, {"schema_version": 99, "kind": "distill", "task": "syn-pair", "method": "kd", "seed": 1, "metrics": None}),
@@ -234,19 +403,32 @@ CASES = [
 ]
 
 
+TEACHER_BYTES: dict[str, bytes] = {}
+
+
+def make_teacher_run(folder: Path) -> Path:
+    """A finished `ckd finetune` run (the catalogue's own command, train.lr=1e-3); returns its model/."""
+    env = Env(folder.parent, folder / "model")
+    args = [a for a in env.finetune("train.lr=1e-3") if not a.startswith("output_dir=")] + [f"output_dir={folder}"]
+    assert cli(args) == 0
+    TEACHER_BYTES.update(model=(folder / "model" / "model.safetensors").read_bytes(), record=(folder / "record.json").read_bytes())
+    return folder / "model"
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    from ckd.models import build_model, save_model
+    return make_teacher_run(tmp_path_factory.mktemp("bad-input-teacher") / "teacher-run")
 
-    folder = tmp_path_factory.mktemp("bad-input-teacher") / "model"
-    built = build_model({**MODEL, "layers": 2}, num_labels=2, regression=False, role="teacher")
-    save_model(built, folder)
-    return folder
+
+def records(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("record.json")}
 
 
 def run_case(case: Case, env: Env, monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[str, int, str]:
-    """(command, exit code, the error line, or all of stderr when there is not exactly one)."""
+    """(command, exit code, the error line, or all of stderr when there is not exactly one); the records
+    under env.tmp once the case is set up are kept in env.records_before."""
     argv = case.argv(env)
+    env.records_before = records(env.tmp)
     if case.patch:
         case.patch(monkeypatch, env)
     try:
@@ -261,32 +443,36 @@ def run_case(case: Case, env: Env, monkeypatch: pytest.MonkeyPatch, capsys) -> t
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_refused_clearly(case: Case, teacher: Path, tmp_path: Path, monkeypatch, capsys):
     env = Env(tmp_path, teacher)
-    command, code, message = run_case(case, env, monkeypatch, capsys)
-    assert code == 2, message
-    assert message.startswith("ckd ") and "\n" not in message, message
-    for part in case.expect:
-        assert part in message, f"{part!r} not in {message!r}"
-    if command != "aggregate":
-        assert not list(tmp_path.rglob("record.json")), "a failed run left a record.json"
-    temporaries = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".old")]
-    assert not temporaries, f"partial files left behind: {temporaries}"
-    if case.check:
-        case.check(env)
+    try:
+        command, code, message = run_case(case, env, monkeypatch, capsys)
+        before = env.records_before
+        assert code == 2, message
+        assert message.startswith("ckd ") and "\n" not in message, message
+        for part in case.expect:
+            assert part in message, f"{part!r} not in {message!r}"
+        if command != "aggregate":
+            after = records(tmp_path)
+            assert after == {p: b for p, b in after.items() if before.get(p) == b}, "a failed run wrote or changed a record.json"
+        temporaries = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".old")]
+        assert not temporaries, f"partial files left behind: {temporaries}"
+        if case.check:
+            case.check(env)
+    finally:
+        env.unmount()
 
 
 def test_catalogue_is_large_enough():
-    assert len(CASES) >= 25 and len({c.name for c in CASES}) == len(CASES)
+    assert len(CASES) >= 80 and len({c.name for c in CASES}) == len(CASES)
 
 
 def print_catalogue() -> None:  # python tests/test_bad_inputs.py
+    import io
     import tempfile
 
-    from ckd.models import build_model, save_model
-
     rows = []
+    refused = 0
     with tempfile.TemporaryDirectory() as root, pytest.MonkeyPatch.context() as mp:
-        teacher = Path(root) / "teacher" / "model"
-        save_model(build_model({**MODEL, "layers": 2}, num_labels=2, regression=False), teacher)
+        teacher = make_teacher_run(Path(root) / "teacher" / "teacher-run")
 
         class Capture:
             def readouterr(self):
@@ -294,18 +480,24 @@ def print_catalogue() -> None:  # python tests/test_bad_inputs.py
                 sys.stderr.truncate(0), sys.stderr.seek(0)
                 return type("Captured", (), {"err": value})
 
-        import io
-
         real_stderr = sys.stderr
         for i, case in enumerate(CASES):
+            env = Env(Path(root) / f"case{i}", teacher)
+            env.tmp.mkdir()
             sys.stderr = io.StringIO()
             try:
-                _, code, message = run_case(case, Env(Path(root) / f"case{i}", teacher), mp, Capture())
+                _, code, message = run_case(case, env, mp, Capture())
+            except BaseException as exc:  # a skipped case (no tmpfs) or a crash: shown as such
+                code, message = "-", f"{type(exc).__name__}: {exc}"
             finally:
                 sys.stderr = real_stderr
-            message = message.replace(root, "<tmp>").split(": error: ", 1)[-1].replace("|", "\\|")
+                env.unmount()
+            clean = code == 2 and "\n" not in message and all(part in message for part in case.expect)
+            refused += clean
+            message = message.replace(root, "<tmp>").split(": error: ", 1)[-1].replace("|", "\\|").replace("\n", " ")
             rows.append(f"| {case.name} | {code} | {message} |")
     print("| case | exit | message |\n|---|---|---|\n" + "\n".join(rows))
+    print(f"\n{len(CASES)} cases, {refused} refused with one line naming the culprit and the fix (exit 2)")
 
 
 if __name__ == "__main__":

@@ -119,3 +119,53 @@ def test_two_processes_match_one_for_relation_terms(tmp_path):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         for name, value in a["loss_terms"].items():
             assert b["loss_terms"][name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _rank(pid: int) -> int:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(v for v in environ if v.startswith(b"RANK=")).split(b"=", 1)[1])
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_all_after_the_same_step_and_resumes(tmp_path):
+    """SIGTERM reaches only rank 1 (ranks are a step apart): both ranks checkpoint after the same step
+    and stop, no collective waits forever; the same command then resumes to the weights and losses of
+    an uninterrupted two-process run."""
+    import signal
+    import time
+
+    args = ["finetune", *EDGE, "data.synthetic_train_size=32", "train.batch_size=8", "train.eval_every=2"]
+    reference = _torchrun(2, args, tmp_path / "reference", tmp_path)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CKD_TEST_PAUSE_AT": "train-step"}
+    process = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ckd.cli", *args, f"output_dir={out}"],
+                               cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        paused = 0
+        while paused < 2:  # both ranks stopped themselves after step 1
+            line = process.stderr.readline()
+            assert line, "torchrun ended before both ranks paused"
+            paused += line.startswith("ckd-pause: train-step")
+        workers = {_rank(pid): pid for pid in _children(process.pid)}
+        time.sleep(0.5)
+        os.kill(workers[1], signal.SIGTERM)
+        os.kill(workers[1], signal.SIGCONT)
+        os.kill(workers[0], signal.SIGCONT)
+        _, rest = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0, rest
+    assert "stopped by" in rest and "run the same command again to resume" in rest
+    assert (out / "checkpoints").is_dir() and not (out / "record.json").exists()
+    resumed = _torchrun(2, args, out, tmp_path)
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in reference["history"]]
+    assert resumed["metrics"]["final"] == reference["metrics"]["final"]

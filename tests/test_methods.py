@@ -86,3 +86,79 @@ def test_unknown_term_and_bad_reference_are_refused(tmp_path):
         resolve_method(document, "m1", "rte", known_terms=set(TERMS))
     with pytest.raises(ConfigError, match="unknown loss term 'wr_quad'"):
         resolve_method(document, "m2", "rte", known_terms=set(TERMS))
+
+
+def test_every_method_names_a_recipe_with_a_source():
+    for name in DOC["methods"]:
+        method = resolve(name)
+        assert method.recipe is not None, name
+        assert method.recipe["source"].strip(), name
+        assert method.to_record()["recipe"] == method.recipe
+
+
+def test_baselines_use_their_own_recipe_not_the_ckd_table():
+    pkd = resolve("pkd", task="sst2")
+    assert pkd.recipe["name"] == "pkd" and pkd.recipe["task"] is None
+    assert {k: pkd.settings[k] for k in ("temperature", "alpha", "beta", "epochs")} == {
+        "temperature": 10.0, "alpha": 0.5, "beta": 100.0, "epochs": 4}
+    assert pkd.settings["lr"] == pytest.approx(5e-5)
+    assert "wr_pair" not in pkd.settings  # CKD's weights are not settings of PKD
+    stage1, stage2 = resolve("tinybert-intermediate", task="rte"), resolve("tinybert", task="rte")
+    assert (stage1.settings["lr"], stage1.settings["epochs"]) == (pytest.approx(5e-5), 10)
+    assert (stage2.settings["lr"], stage2.settings["epochs"], stage2.settings["temperature"]) == (pytest.approx(3e-5), 3, 1.0)
+    for name in ("kd", "minilm", "distilbert-cos"):
+        method = resolve(name, task="sst2")
+        assert method.recipe["name"] == name and method.recipe["task"] is None
+        assert method.settings["alpha"] == 0.5 and method.settings["epochs"] == 4, name
+    ckd = resolve("ckd", task="sst2")
+    assert ckd.recipe["name"] == "ckd" and ckd.recipe["task"] == "sst2" and ckd.recipe["values"]["alpha"] == 0.9
+
+
+def test_the_record_shows_recipe_values_and_what_overrode_them():
+    method = resolve("ckd-released", task="sst2", options={"temperature": 2.0})
+    assert method.recipe["values"]["ltr_pair"] == 100 and method.settings["ltr_pair"] == 1.0  # the method's own setting
+    assert method.recipe["values"]["temperature"] == 4 and method.settings["temperature"] == 2.0  # method_options
+    off = resolve("ckd", task="sst2", use_task_settings=False)
+    assert off.recipe["task"] is None and off.settings["alpha"] == 0.5
+
+
+def test_pkd_rejects_ckd_settings_in_method_options():
+    with pytest.raises(ConfigError, match="method_options.wr_pair: not a setting of method 'pkd'"):
+        resolve("pkd", options={"wr_pair": 1.0})
+
+
+@pytest.mark.parametrize("body, message", [
+    ("settings: {}\ntask_settings: {rte: {alpha: 1}}\nmethods: {m: {terms: {kd: {}}}}\n", "task_settings' is no longer read"),
+    ("settings: {}\nmethods: {m: {recipe: nope, terms: {kd: {}}}}\n", "names recipe 'nope', which recipes does not define"),
+    ("settings: {}\nrecipes: {r: {settings: {lr: 1}}}\nmethods: {m: {recipe: r, terms: {kd: {}}}}\n", "recipes.r needs a `source:`"),
+    ("settings: {}\nrecipes: {r: {source: x, task: {}}}\nmethods: {m: {recipe: r, terms: {kd: {}}}}\n", "recipes.r has unknown key 'task'"),
+    ("settings: {}\nrecipes: {r: {source: x, tasks: {rte: 3}}}\nmethods: {m: {recipe: r, terms: {kd: {}}}}\n", "recipes.r.tasks must map"),
+])
+def test_bad_recipes_are_refused_with_one_line(tmp_path, body, message):
+    path = tmp_path / "methods.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_methods(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_method_without_its_recipes_setting_fails_clearly():
+    from types import SimpleNamespace
+
+    import torch
+
+    from ckd.objectives import Batch, Objective, Outputs
+
+    document = {"_path": "m.yaml", "settings": {}, "recipes": {}, "methods": {"m": {"terms": {"kd": {}}}}}
+    method = resolve_method(document, "m", "rte", known_terms=set(TERMS))
+    config = SimpleNamespace(hidden_size=4, num_hidden_layers=1, num_attention_heads=1)
+    objective = Objective(method, regression=False, teacher_config=config, student_config=config)
+    logits = torch.zeros(2, 2)
+    with pytest.raises(ConfigError, match="loss term 'kd' needs the setting 'alpha'"):
+        objective(Batch(labels=torch.zeros(2, dtype=torch.long), attention_mask=torch.ones(2, 3)), Outputs(logits), Outputs(logits))
+
+
+@pytest.mark.parametrize("key", ["pkd_released_reduction", "kd_class_mean", "tinybert_released_padding", "t2_scale"])
+def test_switches_must_be_booleans(key):
+    with pytest.raises(ConfigError, match=f"method_options.{key} is a switch and must be true or false, got 'no'"):
+        resolve("pkd", options={key: "no"})

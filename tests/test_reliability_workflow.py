@@ -143,3 +143,75 @@ def test_keep_going_leaves_tables_with_the_failed_run_missing_and_listed(study):
     assert ("| syn-pair | tiny-1L | kd-broken | 1 | failed: method_options.alpha must lie in [0, 1], got 2.0 "
             "(log: logs/runs/syn-pair/tiny-1L/kd-broken/seed1.log) |") in missing
     assert "| kd-broken | – |" in (tables / "main.md").read_text()
+
+
+# ------------------------------------------------------------------ Snakemake itself killed after a job finished
+
+
+def stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def killed_after_finish(tmp_path_factory):
+    """Snakemake SIGKILLed (with its job) after `ckd` wrote the teacher's record atomically but before Snakemake
+    saw the job end: the record exists and Snakemake's metadata still marks it incomplete. Then: the re-run
+    without the workflow's default profile (what Snakemake does on its own) and the plain re-run."""
+    root = tmp_path_factory.mktemp("rel-incomplete")
+    work, results = root / "work", root / "results"
+    work.mkdir()
+    config_file = root / "study.yaml"
+    config_file.write_text(yaml.safe_dump(study_config(results)))
+    teacher_dir = results / "rel" / "teachers" / "syn-pair" / "tiny-2L" / "seed1"
+    target = str(teacher_dir / "record.json")
+    env = {**environment(), "CKD_TEST_PAUSE_AT": "run-finished"}  # ckd stops itself once the run is finished
+    first = subprocess.Popen(snakemake_command(work, config_file, target), env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        paused = []
+        while time.time() < deadline and first.poll() is None and not paused:
+            paused = [pid for pid in ckd_pids(teacher_dir) if stopped(pid)]
+            time.sleep(0.05)
+        assert paused, "the teacher job never reached run-finished"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+    for pid in ckd_pids(teacher_dir):
+        os.kill(pid, signal.SIGKILL)
+    first.communicate(timeout=60)
+    record = (teacher_dir / "record.json").read_bytes()
+    weights = teacher_dir / "model" / "model.safetensors"
+    weights_stat = (weights.stat().st_ino, weights.stat().st_mtime_ns)
+    run = lambda *args: subprocess.run(snakemake_command(work, config_file, *args), env=environment(), text=True,  # noqa: E731
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert run("--unlock").returncode == 0
+    without_profile = run("--workflow-profile", "none", target)
+    plain = run(target)
+    log = (results / "rel" / "logs" / "teachers" / "syn-pair" / "tiny-2L" / "seed1.log").read_text()
+    return {"record": record, "dir": teacher_dir, "weights_stat": weights_stat, "without_profile": without_profile,
+            "plain": plain, "log": log}
+
+
+@pytest.mark.slow
+def test_snakemake_alone_stops_at_a_finished_but_unregistered_run(killed_after_finish):
+    # what the workflow's default profile (profiles/default: rerun-incomplete) is there for
+    done = killed_after_finish["without_profile"]
+    assert done.returncode != 0 and "IncompleteFilesException" in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_a_plain_rerun_after_snakemake_was_killed_keeps_the_finished_run(killed_after_finish):
+    plain, folder = killed_after_finish["plain"], killed_after_finish["dir"]
+    assert plain.returncode == 0, plain.stdout[-5000:]
+    assert "IncompleteFilesException" not in plain.stdout
+    assert "Using workflow specific profile profiles/default" in plain.stdout
+    # not recomputed: the same record bytes, the same weight file (inode and mtime), the restore said so
+    assert (folder / "record.json").read_bytes() == killed_after_finish["record"]
+    weights = (folder / "model" / "model.safetensors").stat()
+    assert (weights.st_ino, weights.st_mtime_ns) == killed_after_finish["weights_stat"]
+    assert "restored it from owner.record.json" in killed_after_finish["log"], killed_after_finish["log"]
+    assert "resuming" not in killed_after_finish["log"]

@@ -137,6 +137,12 @@ def _tsv_rows(path: Path):
 
 
 def _resolve_header(path, lineno, header, layout, task):
+    empty = [i + 1 for i, name in enumerate(header) if not name.strip()]
+    if empty:
+        trailing = empty[-1] == len(header)
+        raise DataError(f"{path}: line {lineno}: the header has an empty column name (column {empty[0]} of {len(header)}"
+                        f"{'; a stray tab at the end of the line?' if trailing else ''}); remove the extra tab from "
+                        f"the header line")
     wanted = (*layout.text_columns, layout.label_column)
     missing = [name for name in wanted if name not in header]
     if missing:

@@ -2,6 +2,8 @@
 
 Mean over valid tokens of 1 - cos(h_S, h_T), as DistilBERT's ``CosineEmbeddingLoss`` (target 1)
 over the non-padded positions. Padded tokens are ignored; a batch with no valid token gives 0.
+Task-specific use (with KD) is this suite's adaptation; the released code distils while pre-training.
+Normaliser: sum_b n_b (valid tokens)
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from ckd.errors import ModelError
 def cosine_hidden_loss(
     teacher_last: torch.Tensor, student_last: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """1 - cos between (B, n, d) teacher and student last hidden states, averaged over valid tokens."""
+    """1 - cos between (B, n, d) teacher and student last hidden states, averaged over valid tokens.
+
+    Normaliser: sum_b n_b (valid tokens)
+    """
     if teacher_last.shape[-1] != student_last.shape[-1]:
         raise ModelError(
             f"the cosine hidden-state loss needs equal widths (teacher {teacher_last.shape[-1]}, student "

@@ -7,7 +7,8 @@ Scale conventions (docs/methods.md): the soft terms here sum over the C classes 
 B examples. The released PKD code (``nn.KLDivLoss(reduction='mean')``) and TinyBERT's stage 2
 (``.mean()``) average over B*C instead, i.e. they are C times smaller; ``class_mean=True`` gives that
 form. With gradient clipping at 1.0 the factor C changes how often and how hard the step is clipped.
-Every loss here is a per-example mean: Normaliser: B (examples), whatever ``class_mean`` is.
+Every loss here is a per-example mean, whatever ``class_mean`` is:
+Normaliser: B (examples)
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Each is averaged over heads and valid query positions (1 / (heads * sum_b n_b)),
 1 / (A_h |x|). Padding is masked in both: padded keys are filled with a finite very negative value
 before the softmax (never -inf, whose KL is NaN) and their terms are zeroed; padded query rows
 contribute exactly 0. Teacher and student may differ in width and d_head but need equal head counts.
+With no released code there is no released form; task-specific use with KD is this suite's adaptation.
+Normaliser: sum_b n_b (valid tokens) x H, for both terms.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def masked_relation_kl(
     """KL(softmax(teacher) || softmax(student)) over keys for (B, heads, n, n) scores.
 
     Averaged over heads and valid query rows; padded keys are excluded from both distributions.
+    Normaliser: sum_b n_b (valid tokens) x H
     """
     batch, heads, length, _ = teacher_scores.shape
     if attention_mask is None:
