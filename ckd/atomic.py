@@ -172,8 +172,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise output_error(path, exc) from exc
     try:
         yield tmp
-        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            _fsync_file(file)
+        mask = umask()
+        for entry in sorted(tmp.rglob("*")):
+            if entry.is_symlink():
+                continue
+            if entry.is_file():
+                os.chmod(entry, 0o666 & ~mask)  # what a library wrote through its own temporary file (0600) too
+                _fsync_file(entry)
+            elif entry.is_dir():
+                os.chmod(entry, 0o777 & ~mask)
         pause_point(f"dir-write:{path.name}")
         old = _old_path(path)
         if path.exists():

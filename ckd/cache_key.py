@@ -18,7 +18,8 @@ and `read_cache` refuses a file whose key differs, in one line naming the first 
     teacher     content fingerprint of the teacher's weights and config (`fingerprint_model`), not its path
     precision   the precision the teacher ran at (fp32 | bf16 | fp16)
 
-Fingerprints are sha256 hex digests; messages show their first 12 characters. What does not change
+A later kind of cache adds its own fields through `teacher_cache_key(..., extra={...})` and uses the
+same `write_cache`/`read_cache`. Fingerprints are sha256 hex digests; messages show their first 12 characters. What does not change
 the contents (the teacher's path, the device, the time) goes into the file's `info`, not its key.
 """
 
@@ -97,10 +98,14 @@ def fingerprint_inputs(encoded: Any) -> str:
 
 def teacher_cache_key(
     kind: str, *, task: Any, teacher: torch.nn.Module, tokenizer: Any, encoded: Any, data_fingerprint: str,
-    max_length: int, precision: str,
+    max_length: int, precision: str, extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The key of a cache of a teacher's outputs on `encoded` (see the module docstring for the fields)."""
-    return {
+    """The key of a cache of a teacher's outputs on `encoded` (see the module docstring for the fields).
+
+    `extra`: further fields a kind of cache depends on (e.g. which layers a hidden-state cache holds),
+    appended after the common ones and compared like them; values must be JSON-like.
+    """
+    common = {
         "format": CACHE_FORMAT,
         "kind": kind,
         "task": task.name,
@@ -113,6 +118,10 @@ def teacher_cache_key(
         "teacher": fingerprint_model(teacher),
         "precision": str(precision),
     }
+    clash = set(common).intersection(extra or {})
+    if clash:
+        raise ValueError(f"extra key field {sorted(clash)[0]!r} would replace a common one")
+    return {**common, **dict(extra or {})}
 
 
 def _shown(value: Any) -> str:

@@ -60,7 +60,9 @@ def resolve_source(name_or_path: str) -> str:
     looks_like_path = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]
     if looks_like_path or name_or_path.count("/") > 1:
         raise ModelError(f"model folder {name_or_path} does not exist: check the path (or give a hub id like bert-base-uncased)")
-    return name_or_path  # a hub id
+    from ckd.prefetch import pinned_snapshot
+
+    return pinned_snapshot(name_or_path) or name_or_path  # a hub id: its pinned snapshot under $CKD_HUB_MANIFEST
 
 
 def _from_pretrained(loader, source: str, **kwargs):
@@ -68,7 +70,8 @@ def _from_pretrained(loader, source: str, **kwargs):
         return loader.from_pretrained(source, **kwargs)
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1 is set: use a local folder or package:<module>)" if offline else ""
+        hint = (" (HF_HUB_OFFLINE=1 is set: use a local folder or package:<module>, or fetch hub ids first with "
+                "`ckd prefetch --configfile <study>.yaml`)") if offline else ""
         raise ModelError(f"cannot load {source!r}{hint}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:
         # safetensors reports a truncated or corrupt weight file with its own error type (SafetensorError)
@@ -376,6 +379,11 @@ def describe(model: nn.Module, spec: Mapping[str, Any] | None = None, head: Mapp
         info = {"name": spec.get("name"), "name_or_path": spec.get("name_or_path"), "init": spec.get("init"), **info}
         if spec.get("init") == "truncate":
             info["truncate"] = spec.get("truncate")
+        from ckd.prefetch import pinned_revision
+
+        revision = pinned_revision(spec.get("name_or_path"))
+        if revision:
+            info["revision"] = revision  # the hub commit $CKD_HUB_MANIFEST pinned
     if head:
         info.update(head)
     return info

@@ -193,6 +193,8 @@ def _run(kind: str, config: dict[str, Any], runtime, force: bool, folder: RunFol
         key = teacher_logits_key(config, task, teacher_built.model, student.tokenizer, train_data, fingerprints["train"])
         rebuild = rebuild_command(config, config["teacher_logits"])
         cached_logits = load_teacher_logits(config["teacher_logits"], key, rebuild).to(runtime.device)
+        # the record's teacher says which weights the cached logits came from (content, not path)
+        teacher_built.head = {**teacher_built.head, "logits_cache": {"file": str(config["teacher_logits"]), "teacher_fingerprint": key["teacher"]}}
 
     step_loss = make_step_loss(objective, student.model, teacher_built.model if teacher_built else None, cached_logits)
 
@@ -242,6 +244,10 @@ def _second_stage_student(config: dict[str, Any], method: ResolvedMethod, studen
         stage_dir = str(Path(config["output_dir"]) / "stage1")
         stage_config = copy.deepcopy(config)
         stage_config.update(method=method.after, output_dir=stage_dir, method_name=None, init_from_run=None)
+        # Each stage has its own recipe: options only the second stage has (its temperature) stay with it.
+        first = resolve_method(load_methods(config["methods_file"]), method.after, str(config["task"]),
+                               use_task_settings=bool(config["use_task_settings"]), known_terms=set(TERMS))
+        stage_config["method_options"] = {k: v for k, v in config["method_options"].items() if k in first.settings}
         print(f"method {method.name!r} runs after {method.after!r}: running that stage in {stage_dir}", file=sys.stderr)
         execute("distill", stage_config, force=force)
     model_dir = Path(stage_dir) / "model"

@@ -286,6 +286,14 @@ def test_issue_case_legacy_nli_order_scores_like_task_order(trained_pair, legacy
     assert by_index < accuracy - 0.1, (by_index, accuracy)
 
 
+def test_student_from_a_legacy_order_checkpoint_keeps_its_head_in_task_order(trained_pair, legacy_pair):
+    original = build_model({"name_or_path": str(trained_pair)}, task="syn-pair", role="student", seed=9)
+    legacy = build_model({"name_or_path": str(legacy_pair)}, task="syn-pair", role="student", seed=9)
+    assert legacy.head["head"] == "from checkpoint" and legacy.head["labels"]["columns"] == [2, 1, 0]
+    assert torch.equal(legacy.model.classifier.weight, original.model.classifier.weight)
+    assert torch.equal(legacy.model.classifier.bias, original.model.classifier.bias)
+
+
 def test_teacher_logits_are_in_task_order_live_and_cached(trained_pair, legacy_pair, tmp_path):
     """The teacher `ckd distill` runs (build_model + run_forward) and `ckd cache-logits` give the same
     task-order logits for the legacy-order copy as for the original."""

@@ -162,3 +162,16 @@ def test_a_method_without_its_recipes_setting_fails_clearly():
 def test_switches_must_be_booleans(key):
     with pytest.raises(ConfigError, match=f"method_options.{key} is a switch and must be true or false, got 'no'"):
         resolve("pkd", options={key: "no"})
+
+
+def test_workflow_logit_terms_are_the_objectives_logit_only_terms():
+    """workflow/rules/common.smk lists the logit-only terms (to keep torch out of the DAG's parse);
+    the list must be what ckd.objectives.TERMS says."""
+    import re
+
+    from ckd.objectives import TERMS
+    from tests.conftest import REPO
+
+    text = (REPO / "workflow/rules/common.smk").read_text()
+    listed = set(re.findall(r'"(\w+)"', re.search(r"^LOGIT_TERMS = \{(.*)\}$", text, re.M).group(1)))
+    assert listed == {name for name, kind in TERMS.items() if not (kind.hidden or kind.capture)}

@@ -250,19 +250,30 @@ def _write(tmp_path: Path, study: dict, name: str = "study.yaml") -> Path:
     return path
 
 
+FIRST = "search/runs/syn-sentiment/s/kd/alpha0.9/seed12/record.json"
+
+
 @pytest.fixture(scope="module")
-def tiny_search(tmp_path_factory) -> Path:
-    """The tiny search study run once (tables only, no plots: the plots rule is tested with the smoke study)."""
+def tiny_search(tmp_path_factory) -> tuple[Path, dict, float]:
+    """The tiny search study, interrupted after one search run and resumed (tables only, no plots: the
+    plots rule is tested with the smoke study). Returns the study folder, the job counts planned for the
+    resumed invocation, and the first search record's mtime before it."""
     root = tmp_path_factory.mktemp("search")
     config = _write(root, _tiny_study(root / "results"))
     study = root / "results" / "tinysearch"
+    first = snakemake(str(study / FIRST), "--cores", "1", "--configfile", str(config), timeout=300)
+    assert first.returncode == 0, first.stdout[-5000:]
+    assert job_counts(first.stdout) == {"finetune_teacher": 1, "search_distill": 1}, first.stdout[-3000:]
+    mtime = (study / FIRST).stat().st_mtime
     tables = [str(study / "tables" / f"{name}.md") for name in ("main", "selected_settings")]
+    planned = snakemake(*tables, "-n", "--configfile", str(config))
     done = snakemake(*tables, "--cores", "2", "--configfile", str(config), timeout=600)
     assert done.returncode == 0, done.stdout[-5000:]
-    return study
+    return study, job_counts(planned.stdout), mtime
 
 
 def test_search_runs_are_scored_on_the_carved_split_only(tiny_search):
+    tiny_search = tiny_search[0]
     records = sorted((tiny_search / "search" / "runs").glob("syn-sentiment/s/kd/*/seed*/record.json"))
     assert [p.relative_to(tiny_search / "search" / "runs").as_posix() for p in records] == [
         f"syn-sentiment/s/kd/{point}/seed{seed}/record.json" for point in ("alpha0.1", "alpha0.9") for seed in (11, 12)]
@@ -275,6 +286,7 @@ def test_search_runs_are_scored_on_the_carved_split_only(tiny_search):
 
 
 def test_the_winner_is_rerun_on_the_report_seeds_on_the_full_training_set(tiny_search):
+    tiny_search = tiny_search[0]
     means = {}
     for point in ("alpha0.1", "alpha0.9"):
         values = [json.loads(p.read_text())["metrics"]["final"][SELECTION_SPLIT]["accuracy"]
@@ -299,14 +311,11 @@ def test_the_winner_is_rerun_on_the_report_seeds_on_the_full_training_set(tiny_s
     assert all(e["config_fingerprint"] for e in expected)  # the report run's fingerprint, known after selection
 
 
-def test_an_interrupted_search_reruns_only_the_missing_point(tiny_search, tmp_path):
-    config = _write(tmp_path, _tiny_study(tiny_search.parent))
-    record = tiny_search / "search" / "runs" / "syn-sentiment" / "s" / "kd" / "alpha0.9" / "seed12" / "record.json"
-    record.unlink()
-    planned = snakemake(str(tiny_search / "tables" / "main.md"), "-n", "--configfile", str(config))
-    assert planned.returncode == 0, planned.stdout[-3000:]
-    counts = job_counts(planned.stdout)
-    assert counts["search_distill"] == 1 and counts["select"] == 1 and "finetune_teacher" not in counts, counts
+def test_an_interrupted_search_resumes_with_the_missing_points_only(tiny_search):
+    study, planned, mtime = tiny_search
+    # one grid point x seed (and its teacher) had finished: the resumed invocation runs the other three
+    assert planned == {"search_plan": 1, "search_distill": 3, "select": 1, "distill": 1, "expected_runs": 1, "aggregate": 1}
+    assert (study / FIRST).stat().st_mtime == mtime
 
 
 def test_selection_dev_plans_search_runs_on_the_full_training_set(tmp_path):
@@ -336,3 +345,23 @@ def test_bad_search_block_fails_before_any_job(edit, culprit, tmp_path):
     planned = snakemake("-n", "--configfile", str(_write(tmp_path, study)))
     assert planned.returncode != 0 and culprit in planned.stdout, planned.stdout[-3000:]
     assert not (tmp_path / "results").exists()
+
+
+def test_tuned_study_plans_an_equal_search_for_every_method(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "tuned.yaml").read_text())
+    search = config["search"]
+    sizes = {m: len(grid_points(g, m)) * len(search["seeds"]) for m, g in search["methods"].items()}
+    assert set(sizes) == {"kd", "pkd", "tinybert", "minilm", "ckd"} and set(sizes.values()) == {12}
+    tasks, seeds = len(config["tasks"]), len(config["seeds"])
+    expected = {
+        "finetune_teacher": tasks, "cache_teacher_logits": tasks, "search_teacher_logits": tasks,
+        # every grid point x search seed, plus TinyBERT's first stage once per search seed
+        "search_distill": tasks * (sum(sizes.values()) + len(search["seeds"])),
+        "search_plan": tasks * len(sizes), "select": tasks * len(sizes),
+        "distill": tasks * seeds * (len(config["methods"]) + 1),  # + TinyBERT's first stage
+        "expected_runs": 1, "aggregate": 1, "plots": 1, "all": 1,
+    }
+    assert sum(expected.values()) == 469
+    planned = snakemake("-n", "--configfile", "config/tuned.yaml", "--config", f"results_dir={tmp_path}")
+    assert planned.returncode == 0, planned.stdout[-3000:]
+    assert job_counts(planned.stdout) == expected

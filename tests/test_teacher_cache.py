@@ -4,6 +4,7 @@ killed `ckd cache-logits` leaves no temporary behind for good (issue 13 item 4).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -70,6 +71,9 @@ def test_issue_case_cache_of_teacher_a_is_refused_for_teacher_b(teachers, tmp_pa
     argv[argv.index("--out"):argv.index("--out")] = QUIET
     assert cli(argv) == 0
     assert distill(tmp_path / "kd-b", b, cache) == 0
+    record = json.loads((tmp_path / "kd-b" / "record.json").read_text())
+    assert record["teacher"]["name_or_path"] == str(b)
+    assert record["teacher"]["logits_cache"] == {"file": str(cache), "teacher_fingerprint": read_info(cache)["key"]["teacher"]}
     # teacher A's own run accepts a cache of A, and so does a copy of A in another folder (content, not path)
     assert cli(["cache-logits", *DATA, f"teacher.name_or_path={a}", *QUIET, "--out", str(tmp_path / "a.pt")]) == 0
     copy = tmp_path / "copy-of-a"
@@ -169,6 +173,26 @@ def test_format_kind_and_count_fields(base, tmp_path):
     with pytest.raises(CacheError, match="on another number of examples: key field 'examples' is 48 in the file but 47"):
         check_key(key, {**key, "examples": 47}, path="f", rebuild="R")
     assert key["kind"] == KIND == "teacher-logits"
+
+
+def test_a_later_cache_kind_reuses_the_key_with_its_own_fields(base, tmp_path):
+    from ckd.cache_key import read_cache, teacher_cache_key, write_cache
+
+    def key(layers):
+        return teacher_cache_key("teacher-relations", task=base["task"], teacher=base["teacher"].model, tokenizer=base["teacher"].tokenizer,
+                                 encoded=base["encoded"], data_fingerprint=data_fingerprint(base["examples"]), max_length=32,
+                                 precision="fp32", extra={"layers": layers})
+
+    path = tmp_path / "relations.pt"
+    write_cache(path, key([0, 2]), {"relations": torch.ones(3)}, {})
+    assert torch.equal(read_cache(path, key([0, 2]), rebuild="R")["relations"], torch.ones(3))
+    with pytest.raises(CacheError, match=r"for other inputs: key field 'layers' is \[0, 2\] in the file but \[1, 2\] for this run"):
+        read_cache(path, key([1, 2]), rebuild="R")
+    with pytest.raises(CacheError, match="for another kind of cache: key field 'kind' is teacher-relations in the file but teacher-logits"):
+        load_teacher_logits(path, key_of(base), "R")
+    with pytest.raises(ValueError, match="would replace a common one"):
+        teacher_cache_key("x", task=base["task"], teacher=base["teacher"].model, tokenizer=base["teacher"].tokenizer,
+                          encoded=base["encoded"], data_fingerprint="d", max_length=32, precision="fp32", extra={"teacher": "t"})
 
 
 def test_unreadable_and_missing_files_are_one_line(base, tmp_path):

@@ -29,13 +29,17 @@ def read_hub_split(task: str | TaskSpec, split: str, *, hub_dataset: str = HUB_D
     if split not in task.splits:
         raise DataError(f"task {task.name} has no split {split!r}; use one of {', '.join(task.splits)}")
     hub_split = HUB_SPLITS[split]
+    from ckd.prefetch import is_hub_id, pinned_snapshot
+
+    # Under $CKD_HUB_MANIFEST (cluster jobs after `ckd prefetch`): the pinned snapshot in the local cache.
+    source = (pinned_snapshot(hub_dataset, "dataset") if is_hub_id(hub_dataset) else None) or hub_dataset
     try:
         import datasets
     except ImportError:
         raise DataError("source='hub' needs the 'datasets' package; pip install datasets, "
                         "or use source='glue_dir'") from None
     try:
-        dataset = datasets.load_dataset(hub_dataset, task.hub_config, split=hub_split, cache_dir=cache_dir)
+        dataset = datasets.load_dataset(source, task.hub_config, split=hub_split, cache_dir=cache_dir)
     except Exception as exc:  # network, offline mode, missing cache: all mean "not available here"
         reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise DataError(

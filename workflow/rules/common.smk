@@ -35,7 +35,9 @@ TABLE_FORMATS = {
 }
 TABLES = [f"{TABLES_DIR}/{name}.{ext}" for name, formats in TABLE_FORMATS.items() for ext in formats]
 # Terms that read only the teacher's logits: methods made of these can use a cached logits file.
-LOGIT_TERMS = {"task", "kd", "kd_released"}
+# Written out so that parsing the workflow does not import torch; tests/test_methods.py checks it
+# against ckd.objectives.TERMS.
+LOGIT_TERMS = {"task", "kd", "kd_released", "tinybert_prediction"}
 
 Method = namedtuple("Method", "name base options needs_teacher after logits_only")
 
