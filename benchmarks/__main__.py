@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run a dense term at a smaller batch (scaled up) when its estimated peak exceeds this "
                         "(default: 2 on CPU, half the free memory on CUDA)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (probes use the same)")
-    p.add_argument("--sections", default="terms,steps", help="terms, steps or both")
+    p.add_argument("--sections", default="terms,steps,cache",
+                   help="comma-separated: terms, steps, cache (teacher cache sizes, from $GLUE_DIR's lengths)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CPU, then CUDA when visible; cpu or cuda: that one only")
     p.add_argument("--bf16", action="store_true", help="CUDA section under bf16 autocast")
@@ -137,6 +138,16 @@ def section(device: torch.device, args, term_sizes: TermSizes, step_sizes: StepS
     print(f"    {load()} at end")
 
 
+def cache_section(args, out: dict) -> None:
+    from benchmarks.cache_size import run_cache_sizes
+
+    print("\n=== Teacher cache size (ckd cache-teacher; benchmarks/cache_size.py for the sizes and sources)")
+    lines, targets, results = run_cache_sizes(quick=args.quick)
+    print("\n".join(lines))
+    out["cache"] = results
+    out.setdefault("targets", []).extend(f"[cache] {t.strip()}" for t in targets)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()
@@ -146,13 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"args": vars(args)}
     if args.device in ("auto", "cpu"):
         section(torch.device("cpu"), args, term_sizes, step_sizes, out)
+    if "cache" in set(args.sections.split(",")):
+        cache_section(args, out)
     if args.device in ("auto", "cuda"):
         if torch.cuda.is_available():
             section(torch.device("cuda"), args, term_sizes, step_sizes, out)
         else:
             print("\n=== CUDA section: skipped, no CUDA device is visible (run `make bench` on a GPU machine; "
                   "BENCH_ARGS=--bf16 for bf16 autocast)")
-    print("\nTargets (issue #7):")
+    print("\nTargets (issues #7 and #15):")
     for line in out.get("targets", []):
         print(f"  {line}")
     if args.json:

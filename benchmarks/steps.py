@@ -3,7 +3,9 @@ loop runs it (ckd.runs.make_step_loss + backward + gradient clipping + AdamW), o
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -14,8 +16,12 @@ from ckd.objectives import TERMS, Objective
 from ckd.runs import make_step_loss, teacher_forward
 
 # "kd+teacher" is the kd objective without cached logits (a logits-only teacher forward per step);
+# "<method>+cache" reads everything the method needs from the teacher from a teacher cache
+# (ckd.teacher_store, built for the benchmark batch in a temporary folder, read from its memory maps);
 # "teacher-forward" is the teacher forward alone as ckd needs it (hidden states, inference_mode).
-METHODS = ("finetune", "kd", "kd+teacher", "pkd", "tinybert-intermediate", "tinybert", "minilm", "ckd", "ckd-full-triple")
+CACHED = "+cache"
+METHODS = ("finetune", "kd", "kd+teacher", "pkd", "tinybert-intermediate", "tinybert", "minilm", "ckd", "ckd-full-triple",
+           "pkd+cache", "minilm+cache", "ckd+cache", "ckd-full-triple+cache")
 TEACHER_FORWARD = "teacher-forward"
 NUM_LABELS = 2
 
@@ -63,14 +69,43 @@ class StepBench:
         self.student = build_model(spec, role="student", seed=sizes.seed, **common).model.to(device).train()
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=1e-5)
         self.methods = load_methods(None)
+        self._folders: list[Path] = []
         self.use_batch(make_batch(sizes, sizes.batch, device))
 
     def use_batch(self, batch: dict[str, torch.Tensor]) -> None:
         """Train on `batch`; its teacher logits become the cached ones (as `ckd cache-logits` makes them)."""
         self.batch = batch
+        self.stores: dict[str, object] = {}
         with torch.inference_mode():
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
             self.cached_logits = self.teacher(**inputs).logits.clone()
+
+    def store(self, objective: Objective):
+        """A teacher cache of `batch` holding what `objective` reads (built once per field set, as
+        `ckd cache-teacher` builds it: one teacher pass in the batch's own padding)."""
+        import contextlib
+        import tempfile
+
+        from ckd.teacher_store import build_store, objective_fields, open_store
+
+        fields, reason = objective_fields(objective)
+        if reason is not None:
+            raise ValueError(f"{objective.method.name} cannot read a teacher cache: {reason}")
+        name = ",".join(sorted(fields))
+        if name not in self.stores:
+            folder = Path(tempfile.mkdtemp(prefix="ckd-bench-cache-"))
+            self._folders.append(folder)
+            rows = _BatchRows(self.batch)
+            key = {"kind": "bench"}
+            build_store(folder, key, sorted(fields), rows, self.teacher, batch_size=len(rows), autocast=contextlib.nullcontext,
+                        info={"heads": self.teacher.config.num_attention_heads}, log=lambda m: None)
+            self.stores[name] = open_store(folder, key, fields, rebuild="(benchmark)")
+        return self.stores[name]
+
+    def close(self) -> None:
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._folders.clear()
 
     def objective(self, method: str) -> Objective:
         resolved = resolve_method(self.methods, method, "sst2", use_task_settings=False, known_terms=set(TERMS))
@@ -81,9 +116,11 @@ class StepBench:
         if method == TEACHER_FORWARD:
             objective = self.objective("ckd")
             return lambda: teacher_forward(self.teacher, self.batch, objective)
-        objective = self.objective("kd" if method == "kd+teacher" else method)
+        base = method[: -len(CACHED)] if method.endswith(CACHED) else method
+        objective = self.objective("kd" if method == "kd+teacher" else base)
         cached = self.cached_logits if objective.logits_only and method != "kd+teacher" else None
-        step_loss = make_step_loss(objective, self.student, self.teacher, cached)
+        store = self.store(objective) if method.endswith(CACHED) else None
+        step_loss = make_step_loss(objective, self.student, self.teacher, cached, store)
         extra = [p for p in objective.parameters() if p.requires_grad]
         extra_optimizer = torch.optim.AdamW(extra, lr=1e-5) if extra else None
         params = list(self.student.parameters()) + extra
@@ -115,7 +152,25 @@ def run_steps(
     if memory:
         for row in rows:
             row["peak_mb"] = _memory(row["method"], sizes, bench, device, threads, autocast_dtype, log)
+    bench.close()
     return rows, sizes.describe(bench.teacher.config)
+
+
+class _BatchRows:
+    """The benchmark batch as the EncodedSplit-like rows `build_store` reads (its own padding kept)."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]):
+        self._batch = {k: v.cpu() for k, v in batch.items()}
+
+    def __len__(self) -> int:
+        return self._batch["input_ids"].shape[0]
+
+    def lengths(self) -> list[int]:
+        return self._batch["attention_mask"].sum(dim=1).tolist()
+
+    def batch(self, indices):
+        index = torch.as_tensor(list(indices))
+        return {k: v[index] for k, v in self._batch.items()}
 
 
 def _memory(method, sizes, bench, device, threads, autocast_dtype, log):

@@ -69,6 +69,7 @@ DISTILL_DEFAULTS: dict[str, Any] = {
     "method_name": None,       # name recorded for an ablation variant (default: method)
     "use_task_settings": True, # take alpha, T, weights, lr, epochs from the methods file's per-task table
     "teacher_logits": None,    # a cached teacher-logits file (ckd cache-logits) for logit-only methods
+    "teacher_cache": None,     # a teacher cache folder (ckd cache-teacher): no teacher forward for the methods it serves
     "init_from_run": None,     # for a second stage (TinyBERT prediction): the first stage's run folder
 }
 

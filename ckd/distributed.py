@@ -2,8 +2,8 @@
 
 Under `torchrun --nproc_per_node N` every process trains on a 1/N share of each optimiser step's
 examples (the global batch stays `train.batch_size`), gradients are summed by torch's
-DistributedDataParallel once per step (`no_sync` for the other micro-batches), every process
-evaluates the full dev set, and only rank 0 writes files.
+DistributedDataParallel once per step (`no_sync` for the other micro-batches), dev evaluation is
+sharded across the processes (ckd.evaluation.evaluate), and only rank 0 writes files.
 """
 
 from __future__ import annotations

@@ -17,15 +17,20 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Any, batch_size: int, regression: bool, autocast=contextlib.nullcontext) -> tuple[list, list, float]:
-    """Predictions and gold labels in dataset order, and the time taken (seconds)."""
+def predict(
+    model: nn.Module, data: Any, batch_size: int, regression: bool, autocast=contextlib.nullcontext,
+    positions: list[int] | None = None,
+) -> tuple[list, list, float]:
+    """Predictions and gold labels of `positions` (default: every example, in dataset order), and the
+    time taken (seconds)."""
     model.eval()
     device = next(model.parameters()).device
+    positions = list(range(len(data))) if positions is None else positions
     predictions: list = []
     labels: list = []
     started = time.perf_counter()
-    for start in range(0, len(data), batch_size):
-        batch = data.batch(list(range(start, min(start + batch_size, len(data)))))
+    for start in range(0, len(positions), batch_size):
+        batch = data.batch(positions[start:start + batch_size])
         with autocast():
             logits = model(**model_inputs(batch, device)).logits.float()
         if regression:
@@ -36,17 +41,34 @@ def predict(model: nn.Module, data: Any, batch_size: int, regression: bool, auto
     return predictions, labels, time.perf_counter() - started
 
 
-def evaluate(model: nn.Module, dev_data: dict[str, Any], task: Any, batch_size: int, autocast=contextlib.nullcontext) -> tuple[dict, dict, float]:
-    """Metrics and predictions per dev split, and milliseconds per example."""
+def evaluate(
+    model: nn.Module, dev_data: dict[str, Any], task: Any, batch_size: int, autocast=contextlib.nullcontext,
+    runtime: Any = None,
+) -> tuple[dict, dict, float]:
+    """Metrics and predictions (dataset order) per dev split, and milliseconds per example.
+
+    runtime: with several processes (ckd.distributed.Runtime), each process predicts every
+    world_size-th example and the predictions are gathered, so every process returns the whole
+    split's predictions and metrics for 1/world_size of the work.
+    """
+    from ckd.distributed import gather_objects
+
+    rank, world = (runtime.rank, runtime.world_size) if runtime is not None else (0, 1)
     metrics: dict[str, dict[str, float]] = {}
     predictions: dict[str, dict[str, list]] = {}
     seconds, count = 0.0, 0
     for split, data in dev_data.items():
-        preds, labels, took = predict(model, data, batch_size, task.is_regression, autocast)
+        mine = list(range(rank, len(data), world))
+        preds, labels, took = predict(model, data, batch_size, task.is_regression, autocast, mine)
+        if world > 1:
+            shards = gather_objects((preds, labels), runtime)
+            preds, labels = [None] * len(data), [None] * len(data)
+            for r, (shard_preds, shard_labels) in enumerate(shards):
+                preds[r::world], labels[r::world] = shard_preds, shard_labels
         metrics[split] = compute_metrics(task, preds, labels)
         predictions[split] = {"labels": labels, "predictions": preds}
         seconds += took
-        count += len(data)
+        count += len(mine)
     return metrics, predictions, 1000.0 * seconds / max(1, count)
 
 

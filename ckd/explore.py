@@ -822,20 +822,15 @@ def _load(model_dir: Path, task: str | None):
 
     from ckd.models import build_model
 
-    config = AutoConfig.from_pretrained(str(model_dir))
-    if task is not None:
-        from ckd.data.tasks import get_task
-
-        spec = get_task(task)
-        num_labels, regression = spec.num_labels, spec.is_regression
+    if task is not None:  # the task's label names, and a refusal when the head does not fit it
+        shape = {"task": task, "head": "trained"}
     else:
-        num_labels = int(config.num_labels)
-        regression = getattr(config, "problem_type", None) == "regression"
+        config = AutoConfig.from_pretrained(str(model_dir))
+        shape = {"num_labels": int(config.num_labels), "regression": getattr(config, "problem_type", None) == "regression"}
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Loading weights" bars would fill the notebook's output
     try:
-        built = build_model({"name_or_path": str(model_dir), "init": "pretrained"}, num_labels=num_labels,
-                            regression=regression, role=str(model_dir))
+        built = build_model({"name_or_path": str(model_dir), "init": "pretrained"}, role=str(model_dir), **shape)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

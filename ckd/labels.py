@@ -70,10 +70,6 @@ class LabelMapping:
         note = None if self.by == "name" else "the checkpoint's labels are unnamed (LABEL_k): task order assumed"
         return {"by": self.by, "checkpoint_labels": list(self.checkpoint_labels), "columns": list(self.columns), "note": note}
 
-    def describe(self) -> str:
-        """A short stable text for cache keys and messages, e.g. `name:2,0,1` or `position:0,1`."""
-        return f"{self.by}:{','.join(str(c) for c in self.columns)}"
-
 
 def label_mapping(names: Sequence[str], task_labels: Sequence[str]) -> LabelMapping | None:
     """How a checkpoint's columns (named `names`, in column order) map onto the task's labels.

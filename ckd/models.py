@@ -74,13 +74,30 @@ def _from_pretrained(loader, source: str, **kwargs):
                 "`ckd prefetch --configfile <study>.yaml`)") if offline else ""
         raise ModelError(f"cannot load {source!r}{hint}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:
-        # safetensors reports a truncated or corrupt weight file with its own error type (SafetensorError)
-        if type(exc).__name__ != "SafetensorError":
+        # a damaged file of a model folder: safetensors' own error type for the weights (SafetensorError), a
+        # JSON error or the tokenizers library's plain Exception for tokenizer.json / tokenizer_config.json
+        import json
+
+        def parses(path: Path) -> bool:
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return False
+            return True
+
+        damaged_weights = type(exc).__name__ == "SafetensorError"
+        tokenizer_keys = isinstance(exc, KeyError) and getattr(loader, "__name__", "") == "AutoTokenizer"
+        if not (damaged_weights or tokenizer_keys or isinstance(exc, json.JSONDecodeError) or type(exc) is Exception):
             raise
-        files = sorted(p.name for p in Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
-        where = f"{Path(source) / files[0]}" if len(files) == 1 else f"a .safetensors file of {source}"
+        pattern = "*.safetensors" if damaged_weights else "*.json"
+        files = sorted(Path(source).glob(pattern)) if Path(source).is_dir() else []
+        if not damaged_weights:  # the JSON file that does not parse, else the tokenizer's
+            broken = [f for f in files if not parses(f)]
+            files = broken or [f for f in files if f.name == "tokenizer.json"]
+        where = f"{files[0]}" if len(files) == 1 else f"a {pattern} file of {source}"
+        what = "weight file" if damaged_weights else "file"
         raise ModelError(
-            f"cannot read {where}: the weight file is truncated or corrupt ({str(exc).splitlines()[0]}); "
+            f"cannot read {where}: the {what} is truncated or corrupt ({str(exc).splitlines()[0][:200]}); "
             "copy the model folder again, or re-run the run that wrote it"
         ) from None
 

@@ -21,6 +21,9 @@ class Outputs:
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     capture: Any = None  # ckd.hooks.AttentionCapture after the forward
+    # a teacher read from its cache (ckd.teacher_store): the relation terms' teacher side, MiniLM's value relations
+    relations: relations.TeacherGrams | None = None
+    value_relation: torch.Tensor | None = None
 
 
 @dataclass
@@ -76,6 +79,9 @@ def _kd_released(obj, term, batch, student, teacher):
 
 def _relation(fn):
     def term_fn(obj, term, batch, student, teacher):
+        if teacher.relations is not None:  # cached teacher side
+            s_states = [student.hidden_states[s] for s in obj.map.student_indices]
+            return fn(teacher.relations, s_states, batch.attention_mask, **term.options)
         t_states, s_states = _mapped(obj, student, teacher)
         return fn(t_states, s_states, batch.attention_mask, **term.options)
 
@@ -116,6 +122,10 @@ def _minilm_attention(obj, term, batch, student, teacher):
 
 
 def _minilm_value(obj, term, batch, student, teacher):
+    if teacher.value_relation is not None:  # cached teacher side
+        from ckd.teacher_store import value_relation
+
+        return minilm.masked_relation_kl(teacher.value_relation, value_relation(student.capture.values(-1)), batch.attention_mask)
     return minilm.value_relation_kl(teacher.capture.values(-1), student.capture.values(-1), batch.attention_mask)
 
 

@@ -9,9 +9,11 @@ point costs one environment lookup. Phases:
     eval                at the start of a dev evaluation inside the training loop (ckd/train.py)
     dir-write:<name>    an atomic directory's contents are written, not yet renamed into place (ckd/atomic.py)
     dir-swap:<name>     the previous directory is moved aside, the new one not yet in place (ckd/atomic.py)
-    file-write:<name>   an atomic file's temporary is written, not yet renamed (ckd/atomic.py)
+    file-write:<name>   an atomic file's temporary is written, not yet renamed (ckd/atomic.py); for
+                        record.json: owner.record.json is written, record.json not yet in place (ckd/run_dir.py)
+    run-finished        the run is complete (record written, checkpoints removed), the process not yet ended (ckd/runs.py)
 
-e.g. `dir-write:latest` (a checkpoint), `file-write:record.json` (the run record).
+e.g. `dir-write:latest` (a checkpoint), `dir-swap:model` (the final model), `file-write:record.json` (the run record).
 """
 
 from __future__ import annotations

@@ -4,10 +4,12 @@ skips, resumes or overwrites anything in it.
 Files (besides what the run writes: record.json, predictions.json, model/, checkpoints/, tb/):
 
     owner.json          written first: the command kind (finetune | distill), task, method, the config
-                        fingerprint and the result-relevant config of the run that owns the folder
-    owner.record.json   a second name (hard link) of the finished run's record.json, so that a record
-                        removed by a workflow manager (Snakemake deletes a job's outputs before re-running it)
-                        is restored instead of recomputed when the same config asks for it again
+                        fingerprint, the result-relevant config and the input files' stamps of the run
+                        that owns the folder
+    owner.record.json   the finished run's record, written just before record.json becomes a second name
+                        (hard link) of it: a record.json removed by a workflow manager (Snakemake deletes a
+                        job's outputs before re-running it) is restored instead of recomputed when the same
+                        config asks for it again, with the same ckd (version and commit) and unchanged inputs
     run.lock            held (fcntl.flock, exclusive) by the process writing the folder; the kernel releases
                         it when that process ends, killed or not, so a crash never leaves the folder locked
 
@@ -31,10 +33,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ckd import __version__
-from ckd.atomic import atomic_write_json, output_error, recover_directory, remove_stale_temporaries
+from ckd.atomic import TMP_SUFFIX, OutputError, atomic_write_json, output_error, recover_directory, remove_stale_temporaries
 from ckd.checkpoint import CHECKPOINT_DIR, remove_checkpoints
 from ckd.config import result_fingerprint, result_relevant
 from ckd.errors import CkdError
+from ckd.pause import pause_point
 from ckd.run_record import PREDICTIONS_FILE, RECORD_FILE
 
 OWNER_FILE = "owner.json"
@@ -70,15 +73,30 @@ def finished_record(run_dir: Path) -> dict[str, Any] | None:
 
 
 def owner_of(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The owner record of a run: what `claim` compares before it touches a folder."""
+    """The owner record of a run: what `claim` compares before it touches a folder. `inputs` stamps the
+    files the run reads (size and modification time), so that a removed record is only restored while
+    they are unchanged (a re-trained teacher means the run must be redone)."""
     return {
         "kind": kind,
         "task": config.get("task"),
         "method": config.get("method_name") or config.get("method") or "finetune",
         "config_fingerprint": result_fingerprint(config),
         "config": result_relevant(config),
+        "inputs": input_stamps(run_inputs(kind, config)),
         "ckd_version": __version__,
     }
+
+
+def input_stamps(inputs: Mapping[str, Path]) -> dict[str, list]:
+    """[name, size, mtime_ns] of each input file, and of the files directly inside each input folder."""
+    stamps: dict[str, list] = {}
+    for key, path in sorted(inputs.items()):
+        try:
+            files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+            stamps[key] = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        except OSError:
+            stamps[key] = []
+    return stamps
 
 
 def _present_owner(run_dir: Path) -> dict[str, Any] | None:
@@ -241,19 +259,65 @@ class RunFolder:
     path: Path
     owner: dict[str, Any]
     lock: RunLock | None
+    created: bool = False  # the claim made the folder
 
-    def seal(self) -> None:
-        """After record.json is written: give it its second name (see the module docstring)."""
+    def abandon(self) -> None:
+        """After a run failed: remove the folder again if the claim made it and nothing but the owner
+        record and the lock is in it (a refusal before training leaves no trace)."""
+        if self.lock is None or not self.created:
+            return
+        try:
+            if {p.name for p in self.path.iterdir()} <= {OWNER_FILE, LOCK_FILE}:
+                (self.path / OWNER_FILE).unlink(missing_ok=True)
+                (self.path / LOCK_FILE).unlink(missing_ok=True)
+                self.path.rmdir()
+        except OSError:
+            pass
+
+    def write_record(self, record: Mapping[str, Any]) -> None:
+        """Write the run record under both names: owner.record.json first (atomically), then record.json as a
+        second name of that file, renamed into place. So whenever record.json exists, owner.record.json
+        holds the same bytes; a kill in between leaves owner.record.json alone, which the next start
+        restores (the run was complete). Without hard links: record.json alone, written atomically."""
         sealed = self.path / SEALED_RECORD
         try:
-            sealed.unlink(missing_ok=True)
-            os.link(self.path / RECORD_FILE, sealed)
+            atomic_write_json(sealed, record)
+        except OutputError as exc:  # name the file people know
+            raise OutputError(str(exc).replace(str(sealed), str(self.path / RECORD_FILE))) from exc
+        tmp = self.path / f".{RECORD_FILE}.{os.getpid()}{TMP_SUFFIX}"
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(sealed, tmp)
         except OSError:
-            pass  # a filesystem without hard links: a removed record is then recomputed, as before
+            sealed.unlink(missing_ok=True)
+            atomic_write_json(self.path / RECORD_FILE, record)
+            return
+        try:
+            pause_point(f"file-write:{RECORD_FILE}")
+            os.replace(tmp, self.path / RECORD_FILE)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise output_error(self.path / RECORD_FILE, exc) from exc
+            raise
 
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
+
+
+def tidy_finished(run_dir: Path) -> None:
+    """Remove what a kill right after a run finished left (checkpoints, temporaries), if the folder is free
+    to lock; a folder in use or on a read-only filesystem is left as it is."""
+    try:
+        lock = RunLock.acquire(run_dir)
+    except CkdError:
+        return
+    try:
+        remove_checkpoints(run_dir)
+        remove_stale_temporaries(run_dir)
+    finally:
+        lock.release()
 
 
 def _refuse_other_kind(run_dir: Path, present: Mapping[str, Any], kind: str) -> None:
@@ -264,11 +328,25 @@ def _refuse_other_kind(run_dir: Path, present: Mapping[str, Any], kind: str) -> 
         )
 
 
-def _restore_sealed_record(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """A finished run whose record.json was removed (by Snakemake before a re-run): put the record back."""
+def _restore_sealed_record(run_dir: Path, owner: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A finished run whose record.json was removed (by Snakemake before a re-run): put the record back,
+    if it is this config's, written by this ckd (same version and commit), and the inputs the run read
+    are unchanged since (owner.json's stamps). Otherwise the run is done again."""
     sealed = run_dir / SEALED_RECORD
     record = read_json_object(sealed)
-    if record is None or record.get("config_fingerprint") != fingerprint or (run_dir / RECORD_FILE).exists():
+    if record is None or record.get("config_fingerprint") != owner["config_fingerprint"] or (run_dir / RECORD_FILE).exists():
+        return None
+    from ckd.run_record import git_commit
+
+    if record.get("ckd_version") != __version__ or record.get("git_commit") != git_commit():
+        print(f"{run_dir / RECORD_FILE} was removed and ckd changed since the run (version or commit): running it again",
+              file=sys.stderr)
+        return None
+    stamped = (read_json_object(run_dir / OWNER_FILE) or {}).get("inputs")
+    if stamped != owner["inputs"]:
+        changed = sorted(k for k in set(stamped or {}) | set(owner["inputs"]) if (stamped or {}).get(k) != owner["inputs"].get(k))
+        print(f"{run_dir / RECORD_FILE} was removed and the run's inputs changed since it ran ({', '.join(changed) or 'not recorded'}): "
+              "running it again", file=sys.stderr)
         return None
     if record.get("predictions") and not (run_dir / PREDICTIONS_FILE).is_file():
         return None
@@ -311,7 +389,7 @@ def check_claim(kind: str, config: Mapping[str, Any], run_dir: Path, force: bool
             f"output_dir {run_dir} holds a finished run of another config ({differing_keys(_present_owner_config(finished), owner['config'])}): "
             "choose another output_dir, or add --force to replace that run"
         )
-    if finished is None and same and not force and (restored := _restore_sealed_record(run_dir, owner["config_fingerprint"])):
+    if finished is None and same and not force and (restored := _restore_sealed_record(run_dir, owner)):
         print(f"{run_dir / RECORD_FILE} was removed; restored it from {SEALED_RECORD} (same config, finished run)", file=sys.stderr)
         return owner, restored
     if finished is None and not same and not force and (run_dir / CHECKPOINT_DIR).is_dir():
@@ -340,6 +418,7 @@ def claim(
     if finished is not None:
         return None
     lock = None
+    created = not run_dir.exists()
     outcome: tuple[str, str | None] = ("go", None)
     if is_main:
         try:
@@ -354,7 +433,7 @@ def claim(
         raise RunFolderError(message)
     if status == "done":
         return None
-    return RunFolder(run_dir, owner, lock)
+    return RunFolder(run_dir, owner, lock, created=created and lock is not None)
 
 
 def _take(kind: str, config: Mapping[str, Any], run_dir: Path, force: bool) -> RunLock | None:

@@ -26,7 +26,7 @@ from ckd.methods import ResolvedMethod, Term, load_methods, resolve_method
 from ckd.models import build_model, check_same_tokenizer, describe, save_model
 from ckd.objectives import TERMS, Batch, Objective, Outputs
 from ckd.pause import pause_point
-from ckd.run_dir import RunFolder, claim as claim_run_folder, finished_record
+from ckd.run_dir import RunFolder, claim as claim_run_folder, finished_record, tidy_finished
 from ckd.run_record import RECORD_FILE, PREDICTIONS_FILE, build_record, predictions_payload
 from ckd.teacher_cache import load_teacher_logits, rebuild_command, teacher_logits_key
 from ckd.train import TrainSetup, train
@@ -65,10 +65,11 @@ def teacher_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], obje
 
 def make_step_loss(
     objective: Objective, student: torch.nn.Module, teacher: torch.nn.Module | None = None,
-    cached_logits: torch.Tensor | None = None,
+    cached_logits: torch.Tensor | None = None, teacher_store: Any = None,
 ):
     """The loss of one batch as the training loop calls it: the student forward, the teacher's outputs
-    (cached logits for logit-only methods when given, else a teacher forward) and the objective."""
+    (from `teacher_store`, a ckd.teacher_store.TeacherStore holding every field the objective reads, when
+    given; cached logits for logit-only methods when given; else a teacher forward) and the objective."""
 
     def step_loss(
         batch: dict[str, torch.Tensor], shares: dict[str, float] | None = None
@@ -79,13 +80,39 @@ def make_step_loss(
         )
         teacher_out = None
         if objective.needs_teacher:
-            if cached_logits is not None:
+            if teacher_store is not None:
+                teacher_out = teacher_store.outputs(batch, objective)
+            elif cached_logits is not None:
                 teacher_out = Outputs(logits=cached_logits[batch["index"]])
             else:
                 teacher_out = teacher_forward(teacher, batch, objective)
         return objective(Batch(labels=batch["labels"], attention_mask=batch["attention_mask"]), student_out, teacher_out, shares)
 
     return step_loss
+
+
+def _open_teacher_cache(config, task, objective, teacher_built, tokenizer, train_data, data_fp):
+    """The teacher cache (config teacher_cache, ckd.teacher_store) if it can serve every teacher term of the
+    objective, else None (the live teacher runs); the record's teacher.head.teacher_cache says which and why."""
+    from ckd import teacher_store
+
+    path = str(config["teacher_cache"])
+    fields, reason = teacher_store.objective_fields(objective)
+    if reason is not None:
+        teacher_built.head = {**teacher_built.head, "teacher_cache": {"source": "live teacher", "dir": path, "reason": reason}}
+        print(f"teacher_cache={path} not used: {reason}; the teacher runs live", file=sys.stderr)
+        return None
+    key = teacher_store.store_key(config, task, teacher_built.model, tokenizer, train_data, data_fp)
+    info = teacher_store.manifest_info(path)  # a rebuild keeps serving the methods and depths the cache served
+    methods = {str(config["method"]), *info.get("methods", [])}
+    depths = {*info.get("student_layers", []), objective.map.student_layers if objective.map is not None else 1}
+    rebuild = teacher_store.rebuild_command(config, path, methods, depths, info.get("store_dtype", "float32"))
+    store = teacher_store.open_store(path, key, fields, rebuild=rebuild)
+    teacher_built.head = {**teacher_built.head, "teacher_cache": {
+        "source": "cache", "dir": path, "teacher_fingerprint": key["teacher"], "fields": store.fields,
+        "store_dtype": store.dtype, "store_relative_error": store.manifest["store_relative_error"],
+    }}
+    return store
 
 
 def _load_data(config: dict[str, Any], task: Any) -> tuple[list, dict[str, list]]:
@@ -128,11 +155,14 @@ def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[st
     )
     if folder is None:
         if runtime.is_main:
-            ckpt.remove_checkpoints(run_dir)  # a kill between the record and this clean-up left them behind
+            tidy_finished(run_dir)  # a kill between the record and the clean-up left checkpoints or temporaries
         print(f"{run_dir / RECORD_FILE} exists: run already complete (use --force to redo it)", file=sys.stderr)
         return None
     try:
         return _run(kind, config, runtime, force, folder)
+    except BaseException:
+        folder.abandon()  # a run refused before it wrote anything leaves no folder behind
+        raise
     finally:
         folder.release()
 
@@ -196,7 +226,10 @@ def _run(kind: str, config: dict[str, Any], runtime, force: bool, folder: RunFol
         # the record's teacher says which weights the cached logits came from (content, not path)
         teacher_built.head = {**teacher_built.head, "logits_cache": {"file": str(config["teacher_logits"]), "teacher_fingerprint": key["teacher"]}}
 
-    step_loss = make_step_loss(objective, student.model, teacher_built.model if teacher_built else None, cached_logits)
+    store = None
+    if teacher_built is not None and objective.needs_teacher and config.get("teacher_cache"):
+        store = _open_teacher_cache(config, task, objective, teacher_built, student.tokenizer, train_data, fingerprints["train"])
+    step_loss = make_step_loss(objective, student.model, teacher_built.model if teacher_built else None, cached_logits, store)
 
     config_fp = result_fingerprint(config)
     if runtime.is_main:
@@ -230,8 +263,7 @@ def _run(kind: str, config: dict[str, Any], runtime, force: bool, folder: RunFol
             data_fingerprints=fingerprints, wall_seconds=time.time() - started, eval_ms_per_example=eval_ms,
             runtime=runtime.to_record(),
         )
-        atomic_write_json(run_dir / RECORD_FILE, record)
-        folder.seal()  # after record.json, before the checkpoints go: a kill in between leaves a finished run
+        folder.write_record(record)  # record.json last (with its second name, ckd.run_dir)
         ckpt.remove_checkpoints(run_dir)
     pause_point("run-finished")
     return record
@@ -251,6 +283,6 @@ def _second_stage_student(config: dict[str, Any], method: ResolvedMethod, studen
         print(f"method {method.name!r} runs after {method.after!r}: running that stage in {stage_dir}", file=sys.stderr)
         execute("distill", stage_config, force=force)
     model_dir = Path(stage_dir) / "model"
-    if not (Path(stage_dir) / RECORD_FILE).is_file() or not model_dir.is_dir():
+    if not is_complete(Path(stage_dir)) or not model_dir.is_dir():
         raise CkdError(f"init_from_run={stage_dir} is not a finished {method.after!r} run (no record.json / model/): run that stage first")
     return {"name_or_path": str(model_dir), "init": "pretrained", "name": student_spec.get("name") or None}

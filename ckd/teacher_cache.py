@@ -95,11 +95,11 @@ def cache_teacher_logits(config: Mapping[str, Any], out: str | Path) -> torch.Te
         torch.set_num_threads(int(config["train"]["threads"]))
     task = get_task(config["task"])
     data = config["data"]
-    # the examples `ckd distill` trains on with this data config (minus a carved selection split, if any)
-    examples, _ = run_splits(task, data, evaluation=False)
     runtime = start_runtime(str(config["train"]["device"]), str(config["train"]["precision"]))
     try:
-        teacher = build_model(config["teacher"], task=task, role="teacher", head="trained")
+        teacher = build_model(config["teacher"], task=task, role="teacher", head="trained")  # refused before data loads
+        # the examples `ckd distill` trains on with this data config (minus a carved selection split, if any)
+        examples, _ = run_splits(task, data, evaluation=False)
         encoded = encode_split(examples, teacher.tokenizer, int(data["max_length"]), task)
         key = teacher_logits_key(config, task, teacher.model, teacher.tokenizer, encoded, data_fingerprint(examples))
         teacher.model.to(runtime.device)

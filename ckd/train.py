@@ -295,7 +295,8 @@ class Trainer:
     def evaluate(self) -> tuple[dict, dict]:
         pause_point("eval")
         metrics, predictions, _ = evaluate(
-            self.setup.student, self.setup.dev_data, self.setup.task, int(self.cfg["eval_batch_size"]), self.runtime.autocast
+            self.setup.student, self.setup.dev_data, self.setup.task, int(self.cfg["eval_batch_size"]), self.runtime.autocast,
+            runtime=self.runtime,
         )
         self.setup.student.train()
         return metrics, predictions

@@ -185,6 +185,23 @@ def truncated_teacher(env: Env, keep: int | None = None) -> Path:
     return folder
 
 
+def damaged_teacher(env: Env, name: str, content: bytes) -> Path:
+    folder = env.tmp / "damaged-teacher"
+    shutil.copytree(env.teacher, folder)
+    (folder / name).write_bytes(content)
+    return folder
+
+
+def nothing_loaded(mp: pytest.MonkeyPatch, env: Env) -> None:
+    """A patch: building a model or reading data fails the test (the refusal must come before them)."""
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model or data was loaded before the refusal")
+
+    for target in ("ckd.runs.build_model", "ckd.runs._load_data"):
+        mp.setattr(target, loaded)
+
+
 def holding_the_lock(env: Env) -> None:
     from ckd.run_dir import RunLock
 
@@ -313,18 +330,24 @@ CASES = [
     Case("disk full while writing the predictions", lambda e: on_full_disk(e),
          ("run/predictions.json: disk full", "Free space there"), patch=fill_before("ckd.runs.predictions_payload", "disk")),
     Case("disk already full when the run starts", lambda e: fill(e.mount("disk", 256)) or e.finetune(f"output_dir={e.tmp / 'disk' / 'run'}"),
-         ("disk full", "Free space there")),
+         ("disk full", "Free space there"), patch=nothing_loaded),
     # --- files that cannot be read or written
     Case("output_dir on a read-only filesystem", lambda e: e.finetune(f"output_dir={e.mount('ro', 64, read_only=True) / 'run'}"),
-         ("output_dir", "ro/run is not writable (Read-only file system)", "choose a writable output_dir", "before any model or data is loaded")),
+         ("output_dir", "ro/run is not writable (Read-only file system)", "choose a writable output_dir", "before any model or data is loaded"), patch=nothing_loaded),
     Case("output_dir is a file", lambda e: e.finetune(f"output_dir={e.write('a-file', 'x')}"),
-         ("output_dir", "a-file is a file, not a folder", "choose another output_dir")),
+         ("output_dir", "a-file is a file, not a folder", "choose another output_dir"), patch=nothing_loaded),
     Case("output_dir below a file", lambda e: e.finetune(f"output_dir={e.write('a-file', 'x') / 'run'}"),
-         ("a-file/run is not writable (Not a directory)", "choose a writable output_dir")),
+         ("a-file/run is not writable (Not a directory)", "choose a writable output_dir"), patch=nothing_loaded),
     Case("truncated model.safetensors", lambda e: e.distill(f"teacher.name_or_path={truncated_teacher(e)}"),
          ("truncated-teacher/model.safetensors", "truncated or corrupt", "copy the model folder again")),
     Case("empty model.safetensors", lambda e: e.distill(f"teacher.name_or_path={truncated_teacher(e, keep=0)}"),
          ("truncated-teacher/model.safetensors", "truncated or corrupt", "copy the model folder again")),
+    Case("truncated tokenizer.json", lambda e: e.distill("teacher.name_or_path=" + str(damaged_teacher(e, "tokenizer.json", b'{"version": '))),
+         ("damaged-teacher/tokenizer.json: the file is truncated or corrupt", "copy the model folder again")),
+    Case("tokenizer.json of the wrong shape", lambda e: e.distill("teacher.name_or_path=" + str(damaged_teacher(e, "tokenizer.json", b"{}"))),
+         ("damaged-teacher/tokenizer.json: the file is truncated or corrupt", "copy the model folder again")),
+    Case("truncated model config.json", lambda e: e.distill("teacher.name_or_path=" + str(damaged_teacher(e, "config.json", b'{"archi'))),
+         ("damaged-teacher", "config.json' is not a valid JSON file")),
     Case("GLUE header with a trailing tab", lambda e: e.glue({"train.tsv": RTE_HEADER.replace("\n", "\t\n") + RTE_TRAIN[len(RTE_HEADER):],
                                                              "dev.tsv": RTE_TRAIN}),
          ("RTE/train.tsv: line 1: the header has an empty column name (column 5 of 5", "stray tab", "remove the extra tab")),
@@ -357,37 +380,53 @@ CASES = [
          ("method_options.beta must be a finite number >= 0, got inf",)),
     Case("even CKD window", lambda e: e.distill("method_options.window=4", method="ckd"),
          ("method_options.window must be an odd integer", "got 4")),
+    Case("batch size as a float", lambda e: e.finetune("train.batch_size=16.0"),
+         ("config key train.batch_size must be a positive integer, got 16.0",)),
+    Case("evaluation every 0 steps", lambda e: e.finetune("train.eval_every=0"), ("config key train.eval_every must be a positive integer, got 0",)),
+    Case("example cap NaN", lambda e: e.finetune("data.max_train_examples=.nan"),
+         ("config key data.max_train_examples must be a positive integer, got nan",)),
+    Case("fractional head count", lambda e: e.finetune("model.heads=2.5"), ("config key model.heads must be a positive integer, got 2.5",)),
+    Case("teacher width infinite", lambda e: e.distill("teacher.hidden=.inf"), ("config key teacher.hidden must be a positive integer, got inf",)),
+    Case("flag that is not true/false", lambda e: e.finetune("train.save_model=sometimes"),
+         ("config key train.save_model must be true or false, got 'sometimes'",)),
+    Case("T^2 switch that is not true/false", lambda e: e.distill("method_options.t2_scale=2"),
+         ("method_options.t2_scale", "must be true or false, got 2")),
     Case("NaN term weight in a methods file", lambda e: e.distill(methods_file(e, "    terms: {kd: {weight: .nan}}\n"), method="custom"),
          ("the weight of loss term 'kd' of method 'custom' must be a finite number >= 0, got nan",)),
     # --- the output folder: whose it is, what it may not be, who writes it
     Case("distill into the teacher's run folder", lambda e: e.distill(f"output_dir={e.teacher_run}"),
-         ("contains an input of this run (teacher.name_or_path=", "choose another output_dir"), check=teacher_unchanged),
+         ("contains an input of this run (teacher.name_or_path=", "choose another output_dir"), check=teacher_unchanged, patch=nothing_loaded),
     Case("distill into the teacher's run folder with --force", lambda e: e.distill(f"output_dir={e.teacher_run}", "--force"),
-         ("contains an input of this run (teacher.name_or_path=", "choose another output_dir"), check=teacher_unchanged),
+         ("contains an input of this run (teacher.name_or_path=", "choose another output_dir"), check=teacher_unchanged, patch=nothing_loaded),
     Case("distill into another finetune run's folder", lambda e: copy_run(e.teacher_run, e.out) or e.distill(),
-         ("belongs to a finetune run (syn-pair, finetune), not to a distill run", "choose another output_dir", "--force never replaces")),
+         ("belongs to a finetune run (syn-pair, finetune), not to a distill run", "choose another output_dir", "--force never replaces"), patch=nothing_loaded),
     Case("--force on another kind's folder", lambda e: copy_run(e.teacher_run, e.out) or e.distill("--force"),
          ("belongs to a finetune run (syn-pair, finetune), not to a distill run", "--force never replaces"),
-         check=lambda e: json.loads((e.out / "record.json").read_text())["kind"] == "finetune" or pytest.fail("record replaced")),
+         check=lambda e: json.loads((e.out / "record.json").read_text())["kind"] == "finetune" or pytest.fail("record replaced"), patch=nothing_loaded),
     Case("finished run of another config", lambda e: copy_run(e.teacher_run, e.out) or e.finetune("train.lr=2e-3"),
-         ("holds a finished run of another config (train.lr 0.001 -> 0.002)", "choose another output_dir, or add --force")),
+         ("holds a finished run of another config (train.lr 0.001 -> 0.002)", "choose another output_dir, or add --force"), patch=nothing_loaded),
     Case("unfinished run of another config", lambda e: unfinished_other_config(e) or e.finetune("train.lr=1e-3"),
-         ("holds an unfinished run of another config (train.lr 0.005 -> 0.001)", "resume it with its own config", "--force")),
+         ("holds an unfinished run of another config (train.lr 0.005 -> 0.001)", "resume it with its own config", "--force"), patch=nothing_loaded),
     Case("second writer while the first runs", lambda e: holding_the_lock(e) or e.finetune(),
-         ("output_dir", "is in use by another ckd process (pid", "wait for it to finish or choose another output_dir")),
+         ("output_dir", "is in use by another ckd process (pid", "wait for it to finish or choose another output_dir"), patch=nothing_loaded),
     Case("output_dir inside the teacher model folder", lambda e: e.distill(f"output_dir={e.teacher / 'student'}"),
-         ("student is inside an input of this run (teacher.name_or_path=",), check=teacher_unchanged),
+         ("student is inside an input of this run (teacher.name_or_path=",), check=teacher_unchanged, patch=nothing_loaded),
     Case("output_dir equal to the data folder", lambda e: e.glue({"train.tsv": RTE_TRAIN, "dev.tsv": RTE_TRAIN})
-         + [f"output_dir={e.tmp / 'glue'}"], ("is an input of this run (data.glue_dir=",)),
+         + [f"output_dir={e.tmp / 'glue'}"], ("is an input of this run (data.glue_dir=",), patch=nothing_loaded),
     Case("output_dir inside the data folder", lambda e: e.glue({"train.tsv": RTE_TRAIN, "dev.tsv": RTE_TRAIN})
-         + [f"output_dir={e.tmp / 'glue' / 'RTE' / 'run'}"], ("is inside an input of this run (data.glue_dir=",)),
+         + [f"output_dir={e.tmp / 'glue' / 'RTE' / 'run'}"], ("is inside an input of this run (data.glue_dir=",), patch=nothing_loaded),
     Case("output_dir containing the cached logits", lambda e: e.distill(f"teacher_logits={e.out / 'logits.pt'}"),
-         ("contains an input of this run (teacher_logits=",)),
+         ("contains an input of this run (teacher_logits=",), patch=nothing_loaded),
     Case("second stage writing into its first stage", lambda e: e.distill(f"init_from_run={e.out}", method="tinybert-prediction"),
-         ("is an input of this run (init_from_run=",)),
+         ("is an input of this run (init_from_run=",), patch=nothing_loaded),
+    Case("output_dir containing the student's initial model", lambda e: copy_run(e.teacher, e.out / "init")
+         or e.distill(student=[f"student.name_or_path={e.out / 'init'}", "student.init=truncate", "student.layers=1"]),
+         ("contains an input of this run (student.name_or_path=",), patch=nothing_loaded),
+    Case("output_dir inside the methods file's folder", lambda e: e.distill(methods_file(e, "    terms: {kd: {}}\n"), method="custom")
+         + [f"output_dir={e.tmp / 'methods.yaml' / 'run'}"], ("is inside an input of this run (methods_file=",), patch=nothing_loaded),
     Case("output_dir holding other files", lambda e: e.write("run/notes.txt", "mine") and e.finetune(),
          ("already holds other files (notes.txt) and no ckd run", "choose a new or empty output_dir"),
-         check=lambda e: (e.out / "notes.txt").read_text() == "mine" or pytest.fail("notes.txt changed")),
+         check=lambda e: (e.out / "notes.txt").read_text() == "mine" or pytest.fail("notes.txt changed"), patch=nothing_loaded),
     Case("resume with another thread count", lambda e: checkpoint_with_threads(e, 3) or e.finetune(),
          ("was written with 3 CPU thread(s), this run has 1", "train.threads=3")),
     # --- results folders

@@ -76,3 +76,40 @@ def test_a_cuda_run_records_that_it_is_not_deterministic(tmp_path):
     assert cli(["finetune", *COMMON, *shape("model", 2), "train.device=cuda", f"output_dir={out}"]) == 0
     record = json.loads((out / "record.json").read_text())
     assert record["runtime"]["device"].startswith("cuda") and record["deterministic"] is False
+
+
+def test_a_resume_must_use_the_thread_count_of_its_checkpoint(tmp_path):
+    """On CPU the thread count changes how reductions are split, hence the last bits of each step: it is not
+    part of the config fingerprint (a finished run is not redone for it) but a resume must match it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = ["finetune", *COMMON, *shape("model", 2), f"output_dir={out}"]
+    env = {**os.environ, "CKD_TEST_PAUSE_AT": "train-step", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "ckd.cli", *args], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for line in child.stdout:
+            if line.strip() == "ckd-pause: train-step":
+                break
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with open(f"/proc/{child.pid}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] == "T":
+                    break
+        child.send_signal(signal.SIGTERM)
+        child.send_signal(signal.SIGCONT)
+        output = child.communicate(timeout=60)[0]
+    finally:
+        child.kill()
+    assert child.returncode == 2 and "stopped by SIGTERM after step 1/8" in output, output
+    assert cli([*args, "train.threads=2"]) == 2
+    assert not (out / "record.json").exists()
+    assert cli(args) == 0  # the checkpoint's count (train.threads=1 in COMMON)
+    record = json.loads((out / "record.json").read_text())
+    assert record["config"]["train"]["threads"] == 1 and record["timing"]["train_steps"] == 8
+    assert cli([*args, "train.threads=2"]) == 0  # finished: not redone for another thread count

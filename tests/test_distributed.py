@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,7 +112,8 @@ def test_two_processes_match_one_for_relation_terms(tmp_path):
     student = [f"student.{k}" for k in ("init=random", "tokenizer=synthetic", "layers=1", "hidden=16", "heads=2", "ffn=32",
                                           "dropout=0")]
     args = ["distill", "method=ckd", f"teacher.name_or_path={teacher}/model", *student,
-            *[a for a in EDGE if not a.startswith("model.")], "data.synthetic_train_size=33", "train.batch_size=32"]
+            *[a for a in EDGE if not a.startswith("model.")], "data.synthetic_train_size=33", "train.batch_size=32",
+            "data.synthetic_dev_size=9"]
     _run([sys.executable, "-m", "ckd.cli", *args, f"output_dir={tmp_path / 'one'}"], tmp_path)
     one = _record(tmp_path / "one")
     two = _torchrun(2, args, tmp_path / "two", tmp_path)
@@ -119,6 +122,9 @@ def test_two_processes_match_one_for_relation_terms(tmp_path):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         for name, value in a["loss_terms"].items():
             assert b["loss_terms"][name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
+    # dev evaluation is sharded across the two processes (5 + 4 of 9 examples) and gathered in order
+    predictions = [json.loads((tmp_path / run / "predictions.json").read_text())["dev"] for run in ("one", "two")]
+    assert len(predictions[0]["labels"]) == 9 and predictions[1] == predictions[0]
 
 
 def _children(pid: int) -> list[int]:
@@ -133,28 +139,44 @@ def _rank(pid: int) -> int:
     return int(next(v for v in environ if v.startswith(b"RANK=")).split(b"=", 1)[1])
 
 
-@pytest.mark.slow
-def test_a_signal_to_one_process_stops_all_after_the_same_step_and_resumes(tmp_path):
-    """SIGTERM reaches only rank 1 (ranks are a step apart): both ranks checkpoint after the same step
-    and stop, no collective waits forever; the same command then resumes to the weights and losses of
-    an uninterrupted two-process run."""
-    import signal
-    import time
-
-    args = ["finetune", *EDGE, "data.synthetic_train_size=32", "train.batch_size=8", "train.eval_every=2"]
-    reference = _torchrun(2, args, tmp_path / "reference", tmp_path)
+def _paused_torchrun(args, out, cwd, pauses: int):
+    """torchrun with both ranks stopping themselves after each optimiser step; returns the process and
+    the two worker pids once both ranks have paused `pauses` times (the workers stay stopped)."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CKD_TEST_PAUSE_AT": "train-step"}
     process = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ckd.cli", *args, f"output_dir={out}"],
-                               cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    try:
+                               cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+    workers: dict[int, int] = {}
+    for count in range(1, pauses + 1):
         paused = 0
-        while paused < 2:  # both ranks stopped themselves after step 1
+        while paused < 2:
             line = process.stderr.readline()
             assert line, "torchrun ended before both ranks paused"
             paused += line.startswith("ckd-pause: train-step")
         workers = {_rank(pid): pid for pid in _children(process.pid)}
+        if count < pauses:
+            for pid in workers.values():
+                os.kill(pid, signal.SIGCONT)
+    return process, workers
+
+
+ARGS_4_STEPS = ["finetune", *EDGE, "data.synthetic_train_size=32", "train.batch_size=8", "train.eval_every=2"]
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference")
+    return _torchrun(2, ARGS_4_STEPS, folder / "run", folder)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_all_after_the_same_step_and_resumes(two_process_reference, tmp_path):
+    """SIGTERM reaches only rank 1 (ranks are a step apart): both ranks checkpoint after the same step
+    and stop, no collective waits forever; the same command then resumes to the weights and losses of
+    an uninterrupted two-process run."""
+    out = tmp_path / "run"
+    process, workers = _paused_torchrun(ARGS_4_STEPS, out, tmp_path, pauses=1)
+    try:
         time.sleep(0.5)
         os.kill(workers[1], signal.SIGTERM)
         os.kill(workers[1], signal.SIGCONT)
@@ -166,6 +188,23 @@ def test_a_signal_to_one_process_stops_all_after_the_same_step_and_resumes(tmp_p
     assert process.returncode != 0, rest
     assert "stopped by" in rest and "run the same command again to resume" in rest
     assert (out / "checkpoints").is_dir() and not (out / "record.json").exists()
-    resumed = _torchrun(2, args, out, tmp_path)
+    _assert_resumes_to(two_process_reference, out, tmp_path)
+
+
+@pytest.mark.slow
+def test_killed_two_process_run_resumes_from_its_checkpoint(two_process_reference, tmp_path):
+    """SIGKILL to both ranks after step 3 (checkpoint at step 2): the same command resumes from step 2
+    and ends with the uninterrupted run's losses and metrics."""
+    out = tmp_path / "run"
+    process, workers = _paused_torchrun([*ARGS_4_STEPS, "train.checkpoint_every=2"], out, tmp_path, pauses=3)
+    for pid in workers.values():
+        os.kill(pid, signal.SIGKILL)
+    process.communicate(timeout=120)
+    assert process.returncode != 0 and not (out / "record.json").exists()
+    _assert_resumes_to(two_process_reference, out, tmp_path, extra=["train.checkpoint_every=2"])
+
+
+def _assert_resumes_to(reference, out, cwd, extra=()):
+    resumed = _torchrun(2, [*ARGS_4_STEPS, *extra], out, cwd)
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in reference["history"]]
     assert resumed["metrics"]["final"] == reference["metrics"]["final"]

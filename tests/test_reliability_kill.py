@@ -113,8 +113,12 @@ class Child:
             self.proc.wait(timeout=30)
 
 
+SIGNALS = {"term": signal.SIGTERM, "int": signal.SIGINT}
+
+
 def run_and_stop(args: list[str], phase: str, occurrence: int, how: str = "kill", timeout: float = 240) -> Outcome:
-    """Run until the `occurrence`-th pause in `phase`, then SIGKILL it (how="kill") or SIGTERM it (how="term")."""
+    """Run until the `occurrence`-th pause in `phase`, then SIGKILL it (how="kill"), or send it SIGTERM
+    (how="term", pre-emption) or SIGINT (how="int", Ctrl-C) and let it react."""
     child = Child(args, pause_at=phase)
     seen = 0
     deadline = time.time() + timeout
@@ -139,7 +143,7 @@ def run_and_stop(args: list[str], phase: str, occurrence: int, how: str = "kill"
                 child.kill()
                 return Outcome(child.proc.returncode, "".join(child.output), seen)
             sent = time.time()
-            child.proc.send_signal(signal.SIGTERM)
+            child.proc.send_signal(SIGNALS[how])
             child.proc.send_signal(signal.SIGCONT)
             outcome = child.finish(timeout=60)
             outcome.paused, outcome.exit_s = seen, time.time() - sent
@@ -177,11 +181,14 @@ def assert_same_result(reference: Path, resumed: Path) -> None:
     assert not leftovers, f"temporaries left behind: {leftovers}"
 
 
-def kill_chain(args: list[str], run_dir: Path, plan: list[tuple[str, int, str]], label: str) -> None:
-    """Stop the same command at each (phase, occurrence, how) in turn, re-running it each time; then let it finish."""
+def kill_chain(args: list[str], run_dir: Path, plan: list[tuple[str, int, str]], label: str,
+               final_stop: tuple[str, str] | None = None) -> None:
+    """Stop the same command at each (phase, occurrence, how) in turn, re-running it each time; then let it
+    finish (with `final_stop` = (phase, how): a signal sent in that phase of the last run, which must still finish)."""
     for phase, occurrence, how in plan:
         before = checkpoint_step(run_dir)
         moved_aside = (run_dir / "checkpoints" / ".latest.old").is_dir() and not (run_dir / "checkpoints" / "latest").exists()
+        model_aside = (run_dir / ".model.old").is_dir() and not (run_dir / "model").exists()
         outcome = run_and_stop(args, phase, occurrence, how)
         after = checkpoint_step(run_dir)
         assert not (run_dir / "record.json").exists(), f"{phase}: a record appeared although the run was stopped"
@@ -189,14 +196,20 @@ def kill_chain(args: list[str], run_dir: Path, plan: list[tuple[str, int, str]],
             assert f"from step {before}/{STEPS}" in outcome.output, outcome.output
         if moved_aside:
             assert "recovered checkpoint" in outcome.output, outcome.output
+        if model_aside:
+            assert f"recovered {run_dir / 'model'} from an interrupted replacement" in outcome.output, outcome.output
+            assert not (run_dir / ".model.old").exists()
         resumed = "resumed" if before is not None else "fresh start"
         aside = " (moved aside to .latest.old)" if not (run_dir / "checkpoints" / "latest").exists() and after is not None else ""
+        if (run_dir / ".model.old").is_dir() and not (run_dir / "model").exists():
+            aside += " (model/ moved aside to .model.old)"
         line = (f"{label}: {how.upper()} at {phase} #{occurrence} ({resumed}, checkpoint {before}); "
                 f"checkpoint now at step {after}{aside}")
-        if how == "term":
+        if how in SIGNALS:
+            name = SIGNALS[how].name
             assert outcome.returncode == 2, outcome.output
-            assert "checkpoint saved" in outcome.output and "stopped by SIGTERM after step" in outcome.output, outcome.output
-            stopped_at = int(outcome.output.split("stopped by SIGTERM after step ")[1].split("/")[0])
+            assert "checkpoint saved" in outcome.output and f"stopped by {name} after step" in outcome.output, outcome.output
+            stopped_at = int(outcome.output.split(f"stopped by {name} after step ")[1].split("/")[0])
             assert after == stopped_at, (after, stopped_at)  # nothing lost, not even the steps since the last periodic checkpoint
             if before is None:
                 assert stopped_at == occurrence
@@ -206,11 +219,20 @@ def kill_chain(args: list[str], run_dir: Path, plan: list[tuple[str, int, str]],
             assert outcome.returncode == -signal.SIGKILL
         REPORT.append(line)
     before = checkpoint_step(run_dir)
-    outcome = Child(args).finish()
+    model_aside = (run_dir / ".model.old").is_dir() and not (run_dir / "model").exists()
+    if final_stop is None:
+        outcome = Child(args).finish()
+    else:
+        outcome = run_and_stop(args, *final_stop[:1], 1, final_stop[1])
+        name = SIGNALS[final_stop[1]].name
+        assert f"ckd: {name} arrived during the final save; the final save was completed first" in outcome.output, outcome.output
     assert outcome.returncode == 0, outcome.output
     if before is not None:
         assert f"from step {before}/{STEPS}" in outcome.output, outcome.output
-    REPORT.append(f"{label}: final re-run resumed from step {before} and finished")
+    if model_aside:  # the previous model/ was put back first, then replaced by the finished one
+        assert f"recovered {run_dir / 'model'} from an interrupted replacement" in outcome.output, outcome.output
+    stop = f" ({final_stop[1].upper()} at {final_stop[0]}: the save finished first, exit 0)" if final_stop else ""
+    REPORT.append(f"{label}: final re-run resumed from step {before} and finished{stop}")
 
 
 @pytest.fixture(scope="module")
@@ -238,10 +260,27 @@ def test_distill_killed_in_every_phase_resumes_to_the_uninterrupted_record(teach
         ("eval", rng.randint(1, 2), "kill"),           # during a dev evaluation
         ("dir-write:latest", rng.randint(1, 2), "kill"),  # checkpoint written, not yet renamed
         ("dir-swap:latest", 1, "kill"),                # old checkpoint moved aside, new one not in place
-        ("file-write:record.json", 1, "kill"),         # training done, record not yet renamed
+        ("file-write:predictions.json", 1, "kill"),    # training done, model/ saved, predictions not yet renamed
+        ("dir-swap:model", 1, "kill"),                 # model/ moved aside to .model.old, the new one not in place
     ]
     kill_chain(distill_args(resumed, teacher), resumed, plan, "distill ckd")
     assert_same_result(reference, resumed)
+
+
+@pytest.mark.slow
+def test_killed_before_the_record_rename_the_run_is_complete_on_the_next_start(teacher, tmp_path):
+    """Killed after owner.record.json was written but before record.json took its name: the next start restores
+    the record (everything it describes is saved), trains nothing and removes the checkpoints."""
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    run_in_process(distill_args(reference, teacher))
+    outcome = run_and_stop(distill_args(resumed, teacher), "file-write:record.json", 1, "kill")
+    assert outcome.returncode == -signal.SIGKILL and not (resumed / "record.json").exists()
+    assert (resumed / "checkpoints").is_dir()
+    final = Child(distill_args(resumed, teacher)).finish()
+    assert final.returncode == 0, final.output
+    assert "restored it from owner.record.json" in final.output and "resuming" not in final.output, final.output
+    assert_same_result(reference, resumed)
+    REPORT.append("distill ckd: KILL at file-write:record.json #1; the next start restored the record, trained nothing")
 
 
 @pytest.mark.slow
@@ -251,8 +290,10 @@ def test_finetune_preempted_and_killed_resumes_to_the_uninterrupted_record(tmp_p
     rng = random.Random(KILL_SEED + 1)
     plan = [
         ("train-step", rng.choice([4, 5, 7, 8]), "term"),  # pre-emption between periodic checkpoints: saved at that step, exit 2
+        ("train-step", rng.choice([1, 2, 4]), "int"),      # Ctrl-C: the same, checkpoint at that step, exit 2
         ("eval", rng.randint(1, 2), "kill"),
         ("file-write:predictions.json", 1, "kill"),
     ]
-    kill_chain(finetune_args(resumed), resumed, plan, "finetune")
+    # and SIGTERM while the finished model is being saved: the save completes first, exit 0
+    kill_chain(finetune_args(resumed), resumed, plan, "finetune", final_stop=("dir-write:model", "term"))
     assert_same_result(reference, resumed)

@@ -95,7 +95,8 @@ def study(tmp_path_factory):
     first.communicate(timeout=60)
     assert not (ckd_run / "record.json").exists(), "the ckd job finished before it could be killed"
     killed_at = int(torch.load(state, weights_only=False)["step"])
-    before = {p: p.stat().st_mtime_ns for p in study_dir.rglob("record.json")}
+    before = {p: (p.read_bytes(), (p.parent / "model" / "model.safetensors").stat().st_mtime_ns)
+              for p in study_dir.rglob("record.json")}
 
     # the dead workflow left its lock behind; in this private working directory unlocking is safe
     unlock = subprocess.run(snakemake_command(work, config_file, "--unlock"), env=environment(), text=True,
@@ -115,15 +116,31 @@ def test_a_killed_workflow_reruns_the_killed_job_which_resumes(study):
     assert not (study["ckd_run"] / "checkpoints").exists()
 
 
+def log_of(study_dir: Path, record: Path) -> str:
+    relative = record.parent.relative_to(study_dir)
+    return (study_dir / "logs" / relative.parent / f"{relative.name}.log").read_text()
+
+
 @pytest.mark.slow
 def test_finished_jobs_are_not_recomputed(study):
+    """A run that had finished keeps its record and weights. Snakemake may still run its job again when the
+    kill came before it saw the job end (rerun-incomplete, profiles/default): then ckd restores the record
+    without training (its log says so) and Snakemake only touches the record's timestamp."""
     second = study["second"]
     finished = study["before"]
     assert finished, "nothing had finished before the kill"
-    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    restored = []
+    for record, (content, weights) in finished.items():
+        assert record.read_bytes() == content, record
+        assert (record.parent / "model" / "model.safetensors").stat().st_mtime_ns == weights, record
+        log = log_of(study["dir"], record)
+        if "restored it from owner.record.json" in log:  # run again by Snakemake, not trained again
+            assert "resuming" not in log and "Writing model shards" not in log, log
+            restored.append(record)
     counts = job_counts(second.stdout)
-    assert "finetune_teacher" not in counts, counts
-    assert counts.get("distill", 0) == 3 - sum("/runs/" in str(p) for p in finished), counts
+    runs_restored = sum("/runs/" in str(p) for p in restored)
+    assert counts.get("finetune_teacher", 0) == sum("/teachers/" in str(p) for p in restored), counts
+    assert counts.get("distill", 0) == 3 - sum("/runs/" in str(p) for p in finished) + runs_restored, counts
 
 
 @pytest.mark.slow

@@ -211,3 +211,35 @@ def test_sigint_checkpoints_and_stops_like_sigterm(tmp_path):
 
     assert torch.load(out / "checkpoints" / "latest" / "state.pt", weights_only=False)["step"] == 1
     assert finetune(out, "train.max_steps=3") == 0
+
+
+def test_a_removed_record_is_recomputed_when_an_input_changed_since(finished, tmp_path, capsys):
+    """A teacher re-written since the student ran (new size or time stamp of a file in its folder): the student's
+    record is not restored from owner.record.json; the run is done again."""
+    student = [a.replace("model.", "student.").replace("layers=2", "layers=1") for a in MODEL]
+    args = ["distill", *[a for a in COMMON if not a.startswith("model.")], *student, "method=kd",
+            f"teacher.name_or_path={finished / 'model'}", f"output_dir={tmp_path / 'kd'}"]
+    assert cli(args) == 0
+    (tmp_path / "kd" / "record.json").unlink()
+    weights = finished / "model" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert cli(args) == 0
+    err = capsys.readouterr().err
+    assert "the run's inputs changed since it ran (teacher.name_or_path): running it again" in err, err
+    assert "restored" not in err and finished_record(tmp_path / "kd")["kind"] == "distill"
+    owner = json.loads((tmp_path / "kd" / OWNER_FILE).read_text())
+    assert ["model.safetensors", weights.stat().st_size, weights.stat().st_mtime_ns] in owner["inputs"]["teacher.name_or_path"]
+
+
+def test_a_removed_record_written_by_another_commit_is_recomputed(finished, capsys):
+    """After a code change (another commit) a removed record is not brought back: the run is done again."""
+    sealed = json.loads((finished / SEALED_RECORD).read_text())
+    (finished / "record.json").unlink()
+    sealed["git_commit"] = "0" * 40
+    (finished / SEALED_RECORD).unlink()
+    (finished / SEALED_RECORD).write_text(json.dumps(sealed))
+    capsys.readouterr()
+    assert finetune(finished) == 0
+    assert "ckd changed since the run (version or commit): running it again" in capsys.readouterr().err
+    assert finished_record(finished)["git_commit"] != "0" * 40

@@ -194,6 +194,14 @@ def test_select_refuses_stale_missing_and_dev_scored_records(tmp_path):
         select(plan)
 
 
+def test_select_dev_reads_the_dev_metric(tmp_path):
+    plan = {**_plan(tmp_path, {"alpha0.1": [0.5, 0.6], "alpha0.9": [0.7, 0.6]}, split="dev"), "selection": "dev", "split": "dev"}
+    summary = select(plan)
+    assert summary["selected"] == "alpha0.9" and summary["selection"] == "dev"
+    with pytest.raises(ConfigError, match="selection carve scores on the 'selection' split"):
+        select({**plan, "selection": "carve"})
+
+
 # ------------------------------------------------------------------ tables
 
 
@@ -257,7 +265,7 @@ FIRST = "search/runs/syn-sentiment/s/kd/alpha0.9/seed12/record.json"
 def tiny_search(tmp_path_factory) -> tuple[Path, dict, float]:
     """The tiny search study, interrupted after one search run and resumed (tables only, no plots: the
     plots rule is tested with the smoke study). Returns the study folder, the job counts planned for the
-    resumed invocation, and the first search record's mtime before it."""
+    resumed invocation ran, and the first search record's mtime before it."""
     root = tmp_path_factory.mktemp("search")
     config = _write(root, _tiny_study(root / "results"))
     study = root / "results" / "tinysearch"
@@ -266,10 +274,9 @@ def tiny_search(tmp_path_factory) -> tuple[Path, dict, float]:
     assert job_counts(first.stdout) == {"finetune_teacher": 1, "search_distill": 1}, first.stdout[-3000:]
     mtime = (study / FIRST).stat().st_mtime
     tables = [str(study / "tables" / f"{name}.md") for name in ("main", "selected_settings")]
-    planned = snakemake(*tables, "-n", "--configfile", str(config))
     done = snakemake(*tables, "--cores", "2", "--configfile", str(config), timeout=600)
     assert done.returncode == 0, done.stdout[-5000:]
-    return study, job_counts(planned.stdout), mtime
+    return study, job_counts(done.stdout), mtime
 
 
 def test_search_runs_are_scored_on_the_carved_split_only(tiny_search):
@@ -309,18 +316,20 @@ def test_the_winner_is_rerun_on_the_report_seeds_on_the_full_training_set(tiny_s
     assert "selected on dev" not in main
     expected = json.loads((tiny_search / "expected.json").read_text())
     assert all(e["config_fingerprint"] for e in expected)  # the report run's fingerprint, known after selection
+    assert "No missing runs." in (tiny_search / "tables" / "missing.md").read_text()  # and the record carries it
 
 
 def test_an_interrupted_search_resumes_with_the_missing_points_only(tiny_search):
-    study, planned, mtime = tiny_search
+    study, resumed, mtime = tiny_search
     # one grid point x seed (and its teacher) had finished: the resumed invocation runs the other three
-    assert planned == {"search_plan": 1, "search_distill": 3, "select": 1, "distill": 1, "expected_runs": 1, "aggregate": 1}
+    assert resumed == {"search_plan": 1, "search_distill": 3, "select": 1, "distill": 1, "expected_runs": 1, "aggregate": 1}
     assert (study / FIRST).stat().st_mtime == mtime
 
 
 def test_selection_dev_plans_search_runs_on_the_full_training_set(tmp_path):
     study = _tiny_study(tmp_path / "results", selection="dev")
     study["teacher_logits"] = True
+    study["search"]["methods"]["kd"] = {"lr": [1.0e-3, 3.0e-3]}  # the grid's lr, not the study's train.lr
     planned = snakemake("-n", "-p", "--configfile", str(_write(tmp_path, study)))
     assert planned.returncode == 0, planned.stdout[-3000:]
     counts = job_counts(planned.stdout)
@@ -328,6 +337,10 @@ def test_selection_dev_plans_search_runs_on_the_full_training_set(tmp_path):
     search_commands = [line for line in planned.stdout.splitlines() if "ckd distill" in line and "/search/runs/" in line]
     assert len(search_commands) == 4
     assert all("selection_split" not in line and "/train_logits.pt" in line for line in search_commands)
+    assert all("train.lr=" not in line for line in search_commands)
+    assert sum('method_options={"lr": 0.003}' in line for line in search_commands) == 2
+    report = [line for line in planned.stdout.splitlines() if "ckd distill" in line and "/tinysearch/runs/" in line]
+    assert len(report) == 1 and "train.lr=" not in report[0] and "-c " in report[0] and "method_options" not in report[0]
 
 
 @pytest.mark.parametrize("edit, culprit", [

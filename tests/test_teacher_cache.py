@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +24,7 @@ from ckd.data import encode_split, get_task, load_split
 from ckd.data.loading import data_fingerprint
 from ckd.models import build_model, load_tokenizer, save_model
 from ckd.teacher_cache import KIND, load_teacher_logits, rebuild_command, save_teacher_logits, teacher_logits_key
+from tests.test_reliability_kill import Child  # a `python -m ckd.cli` child stopped at a pause point
 
 TINY = {"init": "random", "tokenizer": "synthetic", "layers": 1, "hidden": 32, "heads": 4, "ffn": 64}
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.threads=1"]
@@ -262,15 +260,16 @@ def test_stale_temporaries_of_the_output_are_removed_others_kept(teachers, tmp_p
     assert remove_own_temporaries(tmp_path / "missing-folder" / "x.pt") == []
 
 
-def _paused_cache_logits(teacher: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CKD_TEST_PAUSE_AT": f"file-write:{out.name}", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "ckd.cli", "cache-logits", *DATA, f"teacher.name_or_path={teacher}", *QUIET,
-                             "--out", str(out)], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    for line in proc.stderr:
+def _paused_cache_logits(teacher: Path, out: Path) -> Child:
+    """`ckd cache-logits` stopped (SIGSTOP) with its temporary written but not yet renamed into place."""
+    child = Child(["cache-logits", *DATA, f"teacher.name_or_path={teacher}", *QUIET, "--out", str(out)],
+                  pause_at=f"file-write:{out.name}")
+    while True:
+        line = child.next_line(timeout=120)
+        assert line is not None, "".join(child.output)
         if line.startswith("ckd-pause: file-write:"):
-            return proc
-    proc.wait(timeout=60)
-    raise AssertionError(f"cache-logits never reached its write (exit {proc.returncode})")
+            child.wait_stopped()
+            return child
 
 
 def _temporaries(folder: Path) -> list[Path]:
@@ -279,9 +278,8 @@ def _temporaries(folder: Path) -> list[Path]:
 
 def test_killed_cache_logits_leaves_no_temporary_for_good(teachers, tmp_path):
     out = tmp_path / "l.pt"
-    proc = _paused_cache_logits(teachers[0], out)
-    proc.kill()  # SIGKILL while the temporary is written but not renamed
-    proc.wait(timeout=60)
+    child = _paused_cache_logits(teachers[0], out)
+    child.kill()  # SIGKILL while the temporary is written but not renamed
     assert len(_temporaries(tmp_path)) == 1 and not out.exists()
     assert cli(["cache-logits", *DATA, f"teacher.name_or_path={teachers[0]}", *QUIET, "--out", str(out)]) == 0
     assert _temporaries(tmp_path) == [] and out.is_file()
@@ -289,9 +287,10 @@ def test_killed_cache_logits_leaves_no_temporary_for_good(teachers, tmp_path):
 
 def test_sigterm_during_the_write_finishes_it_first(teachers, tmp_path):
     out = tmp_path / "l.pt"
-    proc = _paused_cache_logits(teachers[0], out)
-    proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGCONT)
-    assert proc.wait(timeout=60) == 0
-    assert "SIGTERM arrived during writing the teacher logits" in proc.stderr.read()
+    child = _paused_cache_logits(teachers[0], out)
+    child.proc.send_signal(signal.SIGTERM)
+    child.proc.send_signal(signal.SIGCONT)
+    outcome = child.finish(timeout=120)
+    assert outcome.returncode == 0, outcome.output
+    assert "SIGTERM arrived during writing the teacher logits" in outcome.output
     assert _temporaries(tmp_path) == [] and read_info(out)["key"]["examples"] == 48

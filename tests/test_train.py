@@ -17,6 +17,7 @@ from ckd.runs import execute
 
 TEACHER = ["model.init=random", "model.tokenizer=synthetic", "model.layers=2", "model.hidden=64", "model.heads=4", "model.ffn=128"]
 STUDENT = ["student.init=random", "student.tokenizer=synthetic", "student.layers=1", "student.hidden=32", "student.heads=4", "student.ffn=64"]
+TEACHER_RUN = ["train.epochs=6", "train.lr=1e-3", "data.synthetic_dev_size=400"]
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.threads=1", "data.max_length=40"]
 
 
@@ -42,7 +43,7 @@ def dev_score(record, which="final"):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     folder = tmp_path_factory.mktemp("teacher") / "run"
-    record = finetune(folder, "task=syn-sentiment", "train.epochs=6", "train.lr=1e-3", "data.synthetic_dev_size=400")
+    record = finetune(folder, "task=syn-sentiment", *TEACHER_RUN)
     return folder, record
 
 
@@ -78,7 +79,7 @@ def test_record_is_complete_and_predictions_are_stored(teacher):
 def test_a_finished_run_is_not_redone(teacher, capsys):
     folder, record = teacher
     before = (folder / "record.json").stat().st_mtime_ns
-    config = resolve_config("finetune", None, [f"output_dir={folder}", "task=syn-sentiment", *QUIET, *TEACHER])
+    config = resolve_config("finetune", None, [f"output_dir={folder}", "task=syn-sentiment", *QUIET, *TEACHER, *TEACHER_RUN])
     assert execute("finetune", config) is None
     assert (folder / "record.json").stat().st_mtime_ns == before
     assert "already complete" in capsys.readouterr().err

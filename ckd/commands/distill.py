@@ -16,7 +16,8 @@ Methods and their per-task settings live in config/methods.yaml (`ckd distill --
 
 def register(subparsers) -> None:
     parser = add_parser(subparsers, "distill", __doc__, "distil a student from a teacher", EXAMPLE)
-    parser.add_argument("--force", action="store_true", help="redo a finished run")
+    parser.add_argument("--force", action="store_true",
+                        help="redo a finished run, or start over a run of another config, in output_dir (never a folder of another kind)")
     parser.add_argument("--list-methods", action="store_true", help="list the methods in the methods file and exit")
     parser.set_defaults(handler=handle)
 

@@ -29,17 +29,25 @@ backward maps it to the states with one more product (recomputing the centred or
 so neither the (B, n, d)-sized copies nor the Gram-sized intermediates stay alive until backward.
 
 Half-precision inputs are computed in float32, float32/float64 as given; autocast is disabled inside.
+
+Cached teacher: each loss also takes, instead of the teacher's states, a `TeacherGrams` holding the
+teacher side it would compute (``token_grams`` / ``layer_grams``, e.g. read back from the teacher
+cache, ckd.teacher_store); the student side is then computed exactly as with live states.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["wr_pair", "wr_triple", "ltr_pair", "ltr_triple", "batch_normaliser", "RELATION_LOSSES", "DEFAULT_WINDOW"]
+__all__ = [
+    "wr_pair", "wr_triple", "ltr_pair", "ltr_triple", "batch_normaliser", "RELATION_LOSSES", "DEFAULT_WINDOW",
+    "TeacherGrams", "token_grams", "layer_grams",
+]
 
 DEFAULT_WINDOW = 21  # the authors' released default
 
@@ -73,29 +81,63 @@ def _as_layer_list(states, side: str) -> list[torch.Tensor]:
     return list(states)
 
 
+@dataclass(frozen=True)
+class TeacherGrams:
+    """The teacher side of the relation terms, precomputed for one batch of K mapped layers (None: not held).
+
+    token:         K (B, n, n) Gram matrices of the raw token vectors (``token_grams(centre=False)``): wr_pair
+    token_centred: K (B, n, n) Gram matrices of the token vectors centred on their sentence's mean valid
+                   token, padding 0 (``token_grams(centre=True)``): wr_triple (not with released_window_quirks)
+    layer:         (N_valid, K, K) per valid token (row-major over (b, position)) Gram matrices of its K
+                   layer vectors (``layer_grams(centre=False)``): ltr_pair
+    layer_centred: the same of the layer vectors centred over the K layers (``layer_grams(centre=True)``): ltr_triple
+    Entries at padded positions are never read.
+    """
+
+    token: Sequence[torch.Tensor] | None = None
+    token_centred: Sequence[torch.Tensor] | None = None
+    layer: torch.Tensor | None = None
+    layer_centred: torch.Tensor | None = None
+
+    def get(self, name: str, term: str):
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"{term} needs the teacher's {name.replace('_', ' ')} Gram matrices, which this TeacherGrams lacks")
+        return value
+
+
 def _check_inputs(teacher_states, student_states, attention_mask):
-    """Returns (teacher list, student list, valid (B, n) bool mask)."""
-    teacher = _as_layer_list(teacher_states, "teacher")
+    """Returns (teacher list, or the TeacherGrams given, student list, valid (B, n) bool mask)."""
     student = _as_layer_list(student_states, "student")
+    if isinstance(teacher_states, TeacherGrams):
+        if not student:
+            raise ValueError("need a non-zero number of mapped student layers; select them with the layer map")
+        _check_side("student", student, attention_mask)
+        return teacher_states, student, attention_mask.to(device=student[0].device) != 0
+    teacher = _as_layer_list(teacher_states, "teacher")
     if not teacher or len(teacher) != len(student):
         raise ValueError(
             f"need the same non-zero number of mapped teacher and student layers, got {len(teacher)} and "
             f"{len(student)}; select them with the layer map"
         )
+    _check_side("teacher", teacher, attention_mask)
+    _check_side("student", student, attention_mask)
+    valid = attention_mask.to(device=student[0].device) != 0
+    return [h.detach() for h in teacher], student, valid
+
+
+def _check_side(side: str, layers: list[torch.Tensor], attention_mask) -> None:
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
         raise ValueError("attention_mask must be a (B, n) tensor of 1 (valid token) / 0 (padding)")
     shape = tuple(attention_mask.shape)
-    for side, layers in (("teacher", teacher), ("student", student)):
-        for k, h in enumerate(layers):
-            if h.dim() != 3 or tuple(h.shape[:2]) != shape:
-                raise ValueError(
-                    f"{side}_states[{k}] has shape {tuple(h.shape)}; expected (B, n, d) with (B, n) = {shape} "
-                    f"from attention_mask"
-                )
-            if not h.is_floating_point():
-                raise TypeError(f"{side}_states[{k}] must be floating point, got {h.dtype}")
-    valid = attention_mask.to(device=student[0].device) != 0
-    return [h.detach() for h in teacher], student, valid
+    for k, h in enumerate(layers):
+        if h.dim() != 3 or tuple(h.shape[:2]) != shape:
+            raise ValueError(
+                f"{side}_states[{k}] has shape {tuple(h.shape)}; expected (B, n, d) with (B, n) = {shape} "
+                f"from attention_mask"
+            )
+        if not h.is_floating_point():
+            raise TypeError(f"{side}_states[{k}] must be floating point, got {h.dtype}")
 
 
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
@@ -357,6 +399,61 @@ class _LayerGram:
 # ----------------------------------------------------------------------------- public losses
 
 
+def token_grams(states, attention_mask, *, centre: bool, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """The (B, n, n) Gram matrix of each layer's token vectors, as the WR terms compute the teacher side
+    (no gradient): raw (``centre=False``: wr_pair) or centred on each sentence's mean valid token with
+    padding zeroed (``centre=True``: wr_triple). states: K (B, n, d) tensors; attention_mask: (B, n).
+    dtype: the compute precision (default: float32 for half-precision states, else theirs). Entries at
+    padded positions carry no meaning."""
+    layers = [h.detach() for h in _as_layer_list(states, "teacher")]
+    _check_side("teacher", layers, attention_mask)
+    valid = attention_mask.to(device=layers[0].device) != 0
+    dtype = dtype or _compute_dtype(layers[0])
+    grams = _TokenGram(valid, dtype, centre=centre)
+    with torch.no_grad(), _no_autocast(valid.device):
+        return [grams.fresh().forward([h])[0] for h in layers]
+
+
+def layer_grams(states, attention_mask, *, centre: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per valid token (row-major over (b, position)), the K x K Gram matrix of its K layer vectors, as
+    the LTR terms compute the teacher side (no gradient): raw (``centre=False``: ltr_pair) or centred
+    over the layers (``centre=True``: ltr_triple). Returns (N_valid, K, K)."""
+    layers = [h.detach() for h in _as_layer_list(states, "teacher")]
+    _check_side("teacher", layers, attention_mask)
+    valid = attention_mask.to(device=layers[0].device) != 0
+    dtype = dtype or _compute_dtype(layers[0])
+    with torch.no_grad(), _no_autocast(valid.device):
+        return _LayerGram(valid, dtype, len(layers), layers[0].shape[-1], centre=centre).forward(layers)[0]
+
+
+def _teacher_token_grams(teacher, field: str, grams: "_TokenGram", count: int, term: str, n: int | None = None):
+    """The teacher's per-layer Gram matrices, one at a time: from a TeacherGrams (first n positions) or
+    computed from the teacher's states with `grams` (a configured _TokenGram) under no_grad."""
+    if isinstance(teacher, TeacherGrams):
+        cached = teacher.get(field, term)
+        if len(cached) != count:
+            raise ValueError(f"{term}: the teacher side holds {len(cached)} layers, the student side {count}; use the same layer map")
+        for g in cached:
+            g = g.to(device=grams.weights.device, dtype=grams.dtype)
+            yield g if n is None else g[:, :n, :n]
+        return
+    for t in teacher:
+        with torch.no_grad():
+            g = grams.fresh().forward([t])[0]
+        yield g  # outside no_grad: the caller's loop body runs at the yield
+
+
+def _teacher_layer_gram(teacher, field: str, valid, dtype, count: int, term: str, centre: bool) -> torch.Tensor:
+    if isinstance(teacher, TeacherGrams):
+        g = teacher.get(field, term)
+        if g.shape[-1] != count or g.shape[0] != int(valid.sum()):
+            raise ValueError(f"{term}: the teacher side is {tuple(g.shape)}, expected ({int(valid.sum())}, {count}, {count}) "
+                             "(valid tokens, mapped layers)")
+        return g.to(device=valid.device, dtype=dtype)
+    with torch.no_grad():
+        return _LayerGram(valid, dtype, count, teacher[0].shape[-1], centre=centre).forward(teacher)[0]
+
+
 def batch_normaliser(term: str, attention_mask: torch.Tensor, *, window: int | None = DEFAULT_WINDOW, **_) -> torch.Tensor:
     """The batch-dependent part of a relation term's denominator, from the (B, n) attention mask:
     sum_b n_b^2 (``wr_pair``), sum_b n_b (``ltr_pair``, ``ltr_triple``, windowed ``wr_triple``) or
@@ -386,9 +483,8 @@ def wr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
         none_kept = -any_kept
         grams = _TokenGram(valid, dtype)
         total = None
-        for t, s in zip(teacher, student):
+        for g_t, s in zip(_teacher_token_grams(teacher, "token", grams, len(student), "wr_pair"), student):
             with torch.no_grad():
-                (g_t,) = grams.fresh().forward([t])
                 logits_t = torch.addcmul(fill, g_t, _cosine_scale(g_t))
                 # -P_T on kept entries, 0 elsewhere: masked entries have probability exactly 0, and rows
                 # with nothing kept are zeroed by any_kept.
@@ -435,8 +531,8 @@ def ltr_pair(teacher_states, student_states, attention_mask) -> torch.Tensor:
     K = len(student)
     dtype = _compute_dtype(student[0])
     with _no_autocast(valid.device):
+        g_t = _teacher_layer_gram(teacher, "layer", valid, dtype, K, "ltr_pair", centre=False)
         with torch.no_grad():
-            (g_t,) = _LayerGram(valid, dtype, K, teacher[0].shape[-1], centre=False).forward(teacher)
             cos_t = _cosines(g_t)
         keep = ~torch.eye(K, dtype=torch.bool, device=valid.device)
         grams = _LayerGram(valid, dtype, K, student[0].shape[-1], centre=False)
@@ -463,8 +559,8 @@ def ltr_triple(teacher_states, student_states, attention_mask) -> torch.Tensor:
     K = len(student)
     dtype = _compute_dtype(student[0])
     with _no_autocast(valid.device):
+        g_t = _teacher_layer_gram(teacher, "layer_centred", valid, dtype, K, "ltr_triple", centre=True)
         with torch.no_grad():
-            (g_t,) = _LayerGram(valid, dtype, K, teacher[0].shape[-1], centre=True).forward(teacher)
             psi_t = _layer_angles(g_t)
         grams = _LayerGram(valid, dtype, K, student[0].shape[-1], centre=True)
 
@@ -509,17 +605,21 @@ def wr_triple(
             # (An all-padding batch keeps one position, so the result is a 0 that still backpropagates.)
             any_valid = valid.any(dim=0).nonzero()
             n = int(any_valid.max()) + 1 if any_valid.numel() else 1
-            teacher, student, valid = [t[:, :n] for t in teacher], [s[:, :n] for s in student], valid[:, :n]
+            if not isinstance(teacher, TeacherGrams):
+                teacher = [t[:, :n] for t in teacher]
+            student, valid = [s[:, :n] for s in student], valid[:, :n]
             value_of = _FullTriple(valid, dtype, chunk_size)
             zero_padding = True
         else:
+            if released_window_quirks and isinstance(teacher, TeacherGrams):
+                raise ValueError("wr_triple with released_window_quirks reads padding neighbours, which a precomputed "
+                                 "(padding-free) teacher side cannot hold: pass the teacher's states")
             value_of = _WindowTriple(valid, window, released_window_quirks, chunk_size)
             zero_padding = not released_window_quirks
+            n = None
         grams = _TokenGram(valid, dtype, centre=True, zero_padding=zero_padding)
         total = None
-        for t, s in zip(teacher, student):
-            with torch.no_grad():
-                (g_t,) = grams.fresh().forward([t])
+        for g_t, s in zip(_teacher_token_grams(teacher, "token_centred", grams, K, "wr_triple", n), student):
             layer = _through_grams(grams.fresh(), value_of.against(g_t), s)
             total = layer if total is None else total + layer
         if window is None:

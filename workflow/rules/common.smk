@@ -21,6 +21,7 @@ PLOTS_DIR = f"{STUDY_DIR}/plots"
 TEACHER_DIR = f"{STUDY_DIR}/teachers/{{task}}/{{teacher}}/seed{{seed}}"
 RUN_DIR = f"{STUDY_DIR}/runs/{{task}}/{{student}}/{{method}}/seed{{seed}}"
 TEACHER_LOGITS = f"{TEACHER_DIR}/train_logits.pt"
+TEACHER_CACHE = f"{TEACHER_DIR}/teacher_cache/manifest.json"  # ckd cache-teacher (study setting teacher_cache)
 
 TEACHER_SEEDS = config.get("teacher_seeds") or config["seeds"]
 # What `ckd aggregate` writes: each table in these formats.
@@ -38,8 +39,10 @@ TABLES = [f"{TABLES_DIR}/{name}.{ext}" for name, formats in TABLE_FORMATS.items(
 # Written out so that parsing the workflow does not import torch; tests/test_methods.py checks it
 # against ckd.objectives.TERMS.
 LOGIT_TERMS = {"task", "kd", "kd_released", "tinybert_prediction"}
+# Terms a teacher cache serves (ckd.teacher_store.term_fields; the WR triple not under released_window_quirks).
+CACHE_TERMS = LOGIT_TERMS | {"wr_pair", "wr_triple", "ltr_pair", "ltr_triple", "pkd", "minilm_attention", "minilm_value"}
 
-Method = namedtuple("Method", "name base options needs_teacher after logits_only")
+Method = namedtuple("Method", "name base options needs_teacher after logits_only cached", defaults=(False,))
 
 
 def _fail(message):
@@ -58,7 +61,9 @@ def _method(name, document):
         _fail(f"{where}: {error}")
     terms = {term.name for term in resolved.terms}
     logits_only = resolved.needs_teacher and terms <= LOGIT_TERMS
-    return Method(name, base, options, resolved.needs_teacher, resolved.after, logits_only)
+    cached = resolved.needs_teacher and terms <= CACHE_TERMS and not any(
+        term.name == "wr_triple" and term.options.get("released_window_quirks") for term in resolved.terms)
+    return Method(name, base, options, resolved.needs_teacher, resolved.after, logits_only, cached)
 
 
 def _plan_methods():
@@ -213,6 +218,8 @@ def distill_inputs(wildcards):
         inputs["teacher"] = f"{_teacher_dir(wildcards)}/record.json"
         if method.logits_only and config["teacher_logits"]:
             inputs["logits"] = f"{_teacher_dir(wildcards)}/{Path(teacher_logits_file(point)).name}"
+        elif reads_teacher_cache(method) and (point is None or SELECTION != "carve"):  # carved runs train on fewer examples
+            inputs["teacher_cache"] = f"{_teacher_dir(wildcards)}/teacher_cache/manifest.json"  # TEACHER_CACHE
     if method.after:
         if point is None:
             inputs["stage1"] = run_record(wildcards.task, wildcards.student, method.after, wildcards.seed)
@@ -244,6 +251,8 @@ def distill_overrides(wildcards):
         args.append(_arg("teacher", {"name_or_path": f"{_teacher_dir(wildcards)}/model"}))
     if "logits" in inputs:
         args.append(_arg("teacher_logits", inputs["logits"]))
+    if "teacher_cache" in inputs:
+        args.append(_arg("teacher_cache", str(Path(inputs["teacher_cache"]).parent)))
     if "stage1" in inputs:
         args.append(_arg("init_from_run", str(Path(inputs["stage1"]).parent)))
     return args
@@ -263,6 +272,21 @@ def cache_logits_overrides(wildcards, data_overrides=None):
 
 def cache_logits_args(wildcards):
     return _shell(cache_logits_overrides(wildcards))
+
+
+def reads_teacher_cache(method):
+    """Whether a method's runs read the (task, teacher) teacher cache: study setting teacher_cache, a method
+    whose teacher terms it serves (a logit-only one reads the logits file instead when teacher_logits is on)."""
+    return bool(config.get("teacher_cache")) and method.cached and not (method.logits_only and config["teacher_logits"])
+
+
+def cache_teacher_args(wildcards):
+    """cache-logits' data and teacher, the methods of this teacher's students that read the cache, and those students."""
+    students = [name for name, plan in STUDENTS.items() if plan["teacher"] == wildcards.teacher]
+    methods = sorted({METHODS[m].base for s in students for m in STUDENTS[s]["methods"] if reads_teacher_cache(METHODS[m])})
+    specs = [config["students"][s]["model"] for s in students]
+    return _shell(cache_logits_overrides(wildcards)) + " " + _shell(
+        ["--methods", ",".join(methods), "--students", json.dumps(specs, separators=(",", ":"))])
 
 
 class _Wildcards(dict):

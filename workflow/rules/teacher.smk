@@ -1,4 +1,5 @@
-# Teachers: fine-tune per (task, teacher, seed); optionally cache their training-set logits.
+# Teachers: fine-tune per (task, teacher, seed); optionally cache their training-set logits and (study
+# setting teacher_cache) what the methods read from them, once per (task, teacher, seed).
 #
 # Resources come from the study's `resources.<kind>` (threads, mem_mb, runtime, gpu). A retried job
 # (--retries, or the study's `retries`) asks for attempt x mem_mb and runtime, and resumes from its
@@ -49,3 +50,26 @@ rule cache_teacher_logits:
     shell:
         # cache-logits does not set torch threads itself
         "OMP_NUM_THREADS={threads} ckd cache-logits {params.args} --out {output.logits} > {log} 2>&1"
+
+
+rule cache_teacher:
+    input:
+        teacher=f"{TEACHER_DIR}/record.json",
+    output:
+        manifest=TEACHER_CACHE,  # written last: the folder beside it is complete
+    log:
+        f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.teacher_cache.log",
+    params:
+        args=cache_teacher_args,
+        folder=lambda wildcards: str(Path(TEACHER_CACHE.format(**wildcards)).parent),
+    threads: resources_of("cache_logits")["threads"]
+    resources:
+        mem_mb=scaled("cache_logits", "mem_mb"),
+        runtime=scaled("cache_logits", "runtime"),
+        gpu=min(1, gpus_of("cache_logits")),  # one process: ckd cache-teacher uses one device
+    retries: config.get("retries")
+    conda:
+        "../../environment.yml"
+    shell:
+        # a killed build resumes from its finished shards (the folder is not an output Snakemake deletes)
+        "OMP_NUM_THREADS={threads} ckd cache-teacher {params.args} --out {params.folder} > {log} 2>&1"
