@@ -16,7 +16,7 @@ endif
 STUDY ?= smoke
 CORES ?= 2
 
-.PHONY: setup test demo bench clean-venv
+.PHONY: setup test lint demo bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,12 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
+
+# ruff (pyproject.toml [tool.ruff]), snakefmt --check and snakemake --lint; .ci/run runs it before the tests
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --configfile config/smoke.yaml
 
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile config/$(STUDY).yaml

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,11 +25,12 @@ TRAIN_SETTINGS = ("lr", "epochs")
 
 
 def default_methods_file() -> Path:
-    """config/methods.yaml of this repository, or $CKD_METHODS_FILE."""
+    """$CKD_METHODS_FILE, else the packaged methods file (ckd/resources/methods.yaml, package data, so a
+    wheel install has it; config/methods.yaml in the repository is a link to it)."""
     env = os.environ.get("CKD_METHODS_FILE")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "config" / "methods.yaml"
+    return Path(str(resources.files("ckd").joinpath("resources", "methods.yaml")))
 
 
 def load_methods(path: str | os.PathLike | None = None) -> dict[str, Any]:
