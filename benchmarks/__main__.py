@@ -58,9 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dense-memory-gb", type=float, default=None,
                    help="run a dense term at a smaller batch (scaled up) when its estimated peak exceeds this "
                         "(default: 2 on CPU, half the free memory on CUDA)")
+    p.add_argument("--cache-dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="the teacher cache's stored precision in the agreement section")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (probes use the same)")
-    p.add_argument("--sections", default="terms,steps,cache",
-                   help="comma-separated: terms, steps, cache (teacher cache sizes, from $GLUE_DIR's lengths)")
+    p.add_argument("--sections", default="terms,steps,cache,agreement",
+                   help="comma-separated: terms, steps, cache (teacher cache sizes, from $GLUE_DIR's lengths), "
+                        "agreement (cached vs live teacher losses on real $GLUE_DIR batches)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CPU, then CUDA when visible; cpu or cuda: that one only")
     p.add_argument("--bf16", action="store_true", help="CUDA section under bf16 autocast")
@@ -148,6 +151,16 @@ def cache_section(args, out: dict) -> None:
     out.setdefault("targets", []).extend(f"[cache] {t.strip()}" for t in targets)
 
 
+def agreement_section(args, out: dict) -> None:
+    from benchmarks.cache_agreement import run_agreement
+
+    print("\n=== Teacher cache agreement (benchmarks/cache_agreement.py)")
+    lines, targets, results = run_agreement(quick=args.quick, dtype=args.cache_dtype)
+    print("\n".join(lines))
+    out["agreement"] = results
+    out.setdefault("targets", []).extend(f"[cache] {t.strip()}" for t in targets)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()
@@ -159,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         section(torch.device("cpu"), args, term_sizes, step_sizes, out)
     if "cache" in set(args.sections.split(",")):
         cache_section(args, out)
+    if "agreement" in set(args.sections.split(",")):
+        agreement_section(args, out)
     if args.device in ("auto", "cuda"):
         if torch.cuda.is_available():
             section(torch.device("cuda"), args, term_sizes, step_sizes, out)

@@ -195,9 +195,12 @@ def probe_step(spec: dict) -> dict:
     # warm-up on a tiny batch: pages in the kernels and allocates the optimiser state
     bench.use_batch(make_batch(replace(sizes, length=16), 2, cpu))
     bench.case(spec["method"])()
-    bench.use_batch(full_batch)
-    run = bench.case(spec["method"])
-    before = rss_mb()
-    reset_peak_rss()
-    run()
-    return {"extra_mb": max(0.0, peak_rss_mb() - before)}
+    try:
+        bench.use_batch(full_batch)
+        run = bench.case(spec["method"])
+        before = rss_mb()
+        reset_peak_rss()
+        run()
+        return {"extra_mb": max(0.0, peak_rss_mb() - before)}
+    finally:
+        bench.close()  # the teacher caches of "+cache" rows

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +17,21 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ckd.atomic import atomic_write_text
+from ckd.aggregate_settings import DEFAULTS, SETTINGS_FILE, read_settings  # noqa: F401 (read_settings re-exported)
+from ckd.atomic import atomic_write_json, atomic_write_text
 from ckd.errors import CkdError, ConfigError
+from ckd import paths
 from ckd.records import (
-    SEARCH_DIR,
     TEACHER_METHOD,
     load_predictions,
-    load_records,
     model_info,
     model_name,
+    read_expected,  # noqa: F401 (re-exported: ckd.aggregate.read_expected)
     records_frame,
     row_method,
     row_method_base,
+    run_identity,
+    study_records,
 )
 from ckd.stats import SeedPair, canonical_metric, is_known_metric, lookup_metric, mean_std, paired_bootstrap, sign_flip_test
 
@@ -534,7 +536,7 @@ def significance_table(groups, columns: list[Column], score: str, baseline: str,
 def load_selections(study_dir: Path) -> list[dict]:
     """The grid-search choices of a study: every search/selected/<task>/<student>/<method>.json (`ckd select`)."""
     selections = []
-    for path in sorted((study_dir / SEARCH_DIR / "selected").glob("*/*/*.json")):
+    for path in paths.selected_summaries(study_dir):
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
@@ -543,6 +545,25 @@ def load_selections(study_dir: Path) -> list[dict]:
             raise CkdError(f"{path}: not a `ckd select` summary; delete it and re-run the workflow")
         selections.append(summary)
     return selections
+
+
+def _options_key(options) -> str:
+    return json.dumps(options or {}, sort_keys=True)
+
+
+def match_selections(selections: list[dict], records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(used, unmatched): a selection is used when a tabulated run of its task, student and method was made
+    with its settings (the record's method_overrides equal the selection's method_options); the others
+    (left from an earlier search, or runs not yet re-made) label nothing."""
+    made = {}
+    for record in records:
+        key = (_task(record["task"]).name, model_name(record), row_method(record))
+        made.setdefault(key, set()).add(_options_key(record.get("method_overrides")))
+    used, unmatched = [], []
+    for s in selections:
+        key = (_task(s["task"]).name, s["student"], s["method"])
+        (used if _options_key(s.get("method_options")) in made.get(key, ()) else unmatched).append(s)
+    return used, unmatched
 
 
 def _chosen_on(summary: dict) -> str:
@@ -554,8 +575,9 @@ def _chosen_on(summary: dict) -> str:
             f"{f', at most {cap}' if cap else ''}, seed {carve.get('seed')})")
 
 
-def selected_settings_table(selections: list[dict], study: str) -> Table:
-    """Per task, student and method: the grid point chosen, its score where it was chosen, and where that was."""
+def selected_settings_table(selections: list[dict], study: str, unmatched: list[dict] = ()) -> Table:
+    """Per task, student and method: the grid point chosen, its score where it was chosen, and where that was.
+    `unmatched`: selections no tabulated run was made with (named in a note, not in the table)."""
     header = ["Task", "Model", "Method", "Selected", "Score", "Chosen on", "Points", "Seeds"]
     ordered = sorted(selections, key=lambda s: (task_sort_key(_task(s["task"]).name), s["student"], method_sort_key(s["method"])))
     rows, records = [], []
@@ -581,6 +603,10 @@ def selected_settings_table(selections: list[dict], study: str) -> Table:
         "Chosen on dev: as the papers did; those rows' dev scores are optimistic.",
     ]
     notes = [] if rows else ["No grid search in this study."]
+    if unmatched:
+        notes.append(f"{len(unmatched)} selection(s) under search/selected/ match no tabulated run's settings (an earlier "
+                     "search, or runs not re-made yet), left out: " + "; ".join(
+                         f"{s['task']}/{s['student']}/{s['method']}" for s in unmatched))
     return Table("selected_settings", f"Selected settings, study {study}", caption, header, rows, pd.DataFrame(records),
                  notes, label_columns=4)
 
@@ -602,91 +628,18 @@ def label_selection(tables: list[Table], selections: list[dict]) -> None:
 
 # ---------------------------------------------------------------- missing runs
 
-_SEED_DIR = re.compile(r"^seed(\d+)$")
-
-
-def _layout_identity(run_dir: Path, study_dir: Path) -> tuple | None:
-    """(task, student, method, seed) from runs/<task>/<student>/<method>/seed<k> or teachers/<task>/<teacher>/seed<k>."""
-    try:
-        parts = run_dir.relative_to(study_dir).parts
-    except ValueError:
-        return None
-    match = _SEED_DIR.match(parts[-1]) if parts else None
-    if not match:
-        return None
-    if len(parts) == 5 and parts[0] == "runs":
-        return (parts[1], parts[2], parts[3], int(match.group(1)))
-    if len(parts) == 4 and parts[0] == "teachers":
-        return (parts[1], parts[2], TEACHER_METHOD, int(match.group(1)))
-    return None
-
-
-def read_expected(path: str | Path) -> dict[tuple, str | None]:
-    """(task, student, method, seed) -> the config_fingerprint the study expects for that run (None: any)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the expected-runs list ({exc}); regenerate it with the workflow") from exc
-    items = data.get("runs") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise ConfigError(f"{path}: expected a list of runs (or {{\"runs\": [...]}})")
-    expected: dict[tuple, str | None] = {}
-    for i, item in enumerate(items):
-        fingerprint = None
-        if isinstance(item, dict) and all(k in item for k in ("task", "student", "method", "seed")):
-            fingerprint = item.get("config_fingerprint")
-            item = (item["task"], item["student"], item["method"], item["seed"])
-        if not (isinstance(item, (list, tuple)) and len(item) == 4 and isinstance(item[3], int)):
-            raise ConfigError(f"{path}: entry {i} must be {{task, student, method, seed}} with an integer seed, got {item!r}; "
-                              "fix or regenerate the list")
-        if fingerprint is not None and not isinstance(fingerprint, str):
-            raise ConfigError(f"{path}: entry {i}: config_fingerprint must be a string, got {fingerprint!r}")
-        expected[(_task(item[0]).name, str(item[1]), str(item[2]), int(item[3]))] = fingerprint
-    return expected
-
-
-def run_identity(record: dict, study_dir: Path) -> tuple:
-    """(task, student, method, seed) of a record: from its folder when it follows the study layout."""
-    ident = _layout_identity(Path(record["_path"]).parent, study_dir)
-    if ident is None:
-        ident = (record["task"], model_name(record), row_method(record), record["seed"])
-    return (_task(ident[0]).name,) + tuple(ident[1:])
-
-
-def split_stale(records: list[dict], expected: dict[tuple, str | None] | None, study_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(current, stale): a record is stale when the study expects another config_fingerprint for its run."""
-    if not expected:
-        return list(records), []
-    current, stale = [], []
-    for record in records:
-        wanted = expected.get(run_identity(record, study_dir))
-        if wanted is not None and record.get("config_fingerprint") != wanted:
-            stale.append(record)
-        else:
-            current.append(record)
-    return current, stale
-
-
 def _short(fingerprint) -> str:
     return str(fingerprint)[:12] if fingerprint else "none"
 
 
 def _run_logs(study_dir: Path) -> dict[tuple, Path]:
-    """The workflow's per-run logs: logs/runs/<task>/<student>/<method>/seed<k>.log, logs/teachers/<task>/<teacher>/seed<k>.log."""
+    """The workflow's log of each run (ckd.paths.run_logs), keyed by (task, student, method, seed)."""
     logs = {}
-    for pattern, teacher in (("logs/runs/*/*/*/seed*.log", False), ("logs/teachers/*/*/seed*.log", True)):
-        for path in study_dir.glob(pattern):
-            parts = path.relative_to(study_dir).parts
-            match = _SEED_DIR.match(path.stem)
-            if not match:
-                continue
-            try:
-                task = _task(parts[2]).name
-            except CkdError:
-                continue
-            method = TEACHER_METHOD if teacher else parts[4]
-            logs[(task, parts[3], method, int(match.group(1)))] = path
+    for run, path in paths.run_logs(study_dir):
+        try:
+            logs[(_task(run.task).name,) + tuple(run[1:])] = path
+        except CkdError:
+            continue
     return logs
 
 
@@ -706,11 +659,9 @@ def missing_runs(study_dir: Path, records: list[dict], expected: dict[tuple, str
     for record in records:
         present[run_identity(record, study_dir)] = record
     stale_runs = {run_identity(r, study_dir): r for r in stale}
-    for pattern in ("runs/*/*/*/seed*", "teachers/*/*/seed*"):
-        for run_dir in study_dir.glob(pattern):
-            ident = _layout_identity(run_dir, study_dir)
-            if ident and run_dir.is_dir() and not (run_dir / "record.json").exists():
-                started.add((_task(ident[0]).name,) + ident[1:])
+    for run, folder in paths.run_folders(study_dir):
+        if not (folder / paths.RECORD).exists():
+            started.add((_task(run.task).name,) + tuple(run[1:]))
     logs = _run_logs(study_dir)
     started |= {key for key in logs if key not in present}
     if expected is not None:
@@ -757,7 +708,7 @@ def missing_runs(study_dir: Path, records: list[dict], expected: dict[tuple, str
     if expected is not None:
         extra = sorted(set(present) - grid, key=lambda k: (task_sort_key(k[0]), k[1], method_sort_key(k[2]), k[3]))
         if extra:
-            notes.append(f"{len(extra)} finished run(s) not in the expected list: "
+            notes.append(f"{len(extra)} finished run(s) not in the expected list (no longer planned), left out of the tables: "
                          + "; ".join(f"{t}/{s}/{m}/seed{seed}" for t, s, m, seed in extra))
     return Table("missing", f"Missing and failed runs, study {study or study_dir.name}", caption, header, rows, frame, notes,
                  label_columns=5)
@@ -829,19 +780,21 @@ def aggregate_study(
     study_dir: str | Path,
     out_dir: str | Path | None = None,
     *,
-    score: str = "final",
+    score: str = DEFAULTS["score"],
     reference: str | Path | None = None,
-    baseline: str = "kd",
-    n_boot: int = 10000,
-    seed: int = 0,
-    alternative: str = "greater",
+    baseline: str = DEFAULTS["baseline"],
+    n_boot: int = DEFAULTS["bootstrap"],
+    seed: int = DEFAULTS["seed"],
+    alternative: str = DEFAULTS["alternative"],
     expected: str | Path | None = None,
     include_stale: bool = False,
 ) -> list[Path]:
-    """Write every table of a study; returns the files written.
+    """Write every table of a study, and the settings they were made with (aggregate.json, which the
+    notebooks read); returns the files written.
 
-    With `expected` entries that carry a `config_fingerprint`, a record whose fingerprint differs is
-    stale (made with another config) and is left out of the tables and listed in missing.md, unless
+    With `expected` (the workflow's expected.json), records of runs it does not list (no longer planned)
+    are left out of the tables and named in missing.md; a record whose config_fingerprint differs from
+    the listed one is stale (made with another config) and is left out and listed too, unless
     `include_stale`.
     """
     if score not in SCORES:
@@ -849,20 +802,10 @@ def aggregate_study(
     if n_boot < 1:
         raise ConfigError(f"--bootstrap must be a positive number of draws, not {n_boot}")
     study_dir = Path(study_dir)
-    out_dir = Path(out_dir) if out_dir is not None else study_dir / "tables"
-    records = load_records(study_dir)
-    if not records:
-        raise CkdError(f"{study_dir}: no record.json under teachers/ or runs/; run the study first")
+    out_dir = Path(out_dir) if out_dir is not None else study_dir / paths.TABLES
     ref = load_reference(reference or DEFAULT_REFERENCE)
-    expected_runs = read_expected(expected) if expected is not None else None
-    current, stale = split_stale(records, expected_runs, study_dir)
-    if not include_stale:
-        if not current:
-            raise CkdError(
-                f"{study_dir}: all {len(stale)} record(s) are stale (their config_fingerprint differs from {expected}): "
-                "re-run the study, or pass --include-stale to tabulate them anyway"
-            )
-        records = current
+    loaded = study_records(study_dir, expected, include_stale)
+    records, stale, expected_runs = loaded.records, loaded.stale, loaded.expected
     # A first stage (TinyBERT's intermediate run) has no scores of its own: it counts as present in
     # missing.md but gets no row in the score tables.
     intermediate = {row_method(r) for r in records if r.get("kind") == INTERMEDIATE}
@@ -880,16 +823,23 @@ def aggregate_study(
         significance_table(groups, columns, score, baseline, n_boot=n_boot, seed=seed, alternative=alternative,
                            study=study),
     ]
-    selections = load_selections(study_dir)
+    selections, unmatched = match_selections(load_selections(study_dir), scored)
     label_selection(tables, selections)
-    tables.append(selected_settings_table(selections, study))
+    tables.append(selected_settings_table(selections, study, unmatched))
     written = []
     for table in tables:
         written += write_table(table, out_dir)
-    missing = missing_runs(study_dir, current if not include_stale else records, expected_runs, study,
-                           stale=stale, include_stale=include_stale)
+    missing = missing_runs(study_dir, records + loaded.unplanned, expected_runs, study, stale=stale,
+                           include_stale=include_stale)
     written += write_table(missing, out_dir, ("md", "csv"))
     runs = records_frame(scored)
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     written.append(out_dir / "runs.csv")
+    settings = {"score": score, "baseline": baseline, "bootstrap": n_boot, "seed": seed, "alternative": alternative,
+                "reference": str(Path(reference).resolve()) if reference is not None else None,
+                "expected": str(Path(expected).resolve()) if expected is not None and not isinstance(expected, dict) else None,
+                "include_stale": include_stale}
+    atomic_write_json(out_dir / SETTINGS_FILE, settings)
+    written.append(out_dir / SETTINGS_FILE)
     return written
+

@@ -180,6 +180,7 @@ class Bound:
         kind = "an integer" if self.integer else "a finite number"
         if self.low == 0 and self.open_low and self.high is None:
             return f"a positive {'integer' if self.integer else 'number'}"
+
         def show(v: float) -> str:
             return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
@@ -206,7 +207,7 @@ class Bound:
 
 POSITIVE_INT = Bound(integer=True, low=0, open_low=True)
 POSITIVE = Bound(low=0, open_low=True)
-NON_NEGATIVE = Bound(low=0)
+NON_NEGATIVE = Bound(low=0, none=False)
 SEED = Bound(integer=True, low=0, high=2**32 - 1, none=False)  # what numpy, torch and Python's random all accept
 PROBABILITY_BELOW_1 = Bound(low=0, high=1, open_high=True)
 
@@ -222,10 +223,10 @@ NUMERIC_KEYS: dict[str, Bound] = {
     "train.eval_batch_size": Bound(integer=True, low=0, open_low=True, none=False),
     "train.threads": POSITIVE_INT,
     "train.lr": POSITIVE,
-    "train.weight_decay": Bound(low=0, none=False),
+    "train.weight_decay": NON_NEGATIVE,
     "train.adam_eps": Bound(low=0, open_low=True, none=False),
     "train.warmup_ratio": Bound(low=0, high=1, open_high=True, none=False),
-    "train.max_grad_norm": Bound(low=0, none=False),  # 0: no clipping
+    "train.max_grad_norm": NON_NEGATIVE,  # 0: no clipping
     "data.max_train_examples": POSITIVE_INT,
     "data.max_eval_examples": POSITIVE_INT,
     "data.subsample_seed": SEED,
@@ -264,9 +265,16 @@ def check_number(name: str, value: Any, bound: Bound) -> None:
         raise ConfigError(f"config key {name} must be {bound.describe()}, got {value!r}")
 
 
-def _check_positive(section: Mapping[str, Any], name: str, key: str, *, allow_none: bool = True, integer: bool = True) -> None:
-    bound = Bound(integer=integer, low=0, open_low=True, none=allow_none)
-    check_number(f"{name}.{key}", section.get(key), bound)
+def check_max_length(max_length: int, models: Mapping[str, Any]) -> None:
+    """data.max_length against the positions each built model has (its config's max_position_embeddings):
+    a longer input would index past the position embeddings. `models` maps role -> Hugging Face config."""
+    for role, model_config in models.items():
+        limit = getattr(model_config, "max_position_embeddings", None)
+        if isinstance(limit, int) and max_length > limit:
+            raise ConfigError(
+                f"config key data.max_length is {max_length}, but the {role} has {limit} positions: "
+                f"set data.max_length to at most {limit}"
+            )
 
 
 def check_model_spec_numbers(role: str, spec: Any) -> None:
@@ -289,7 +297,7 @@ def _check_setting(name: str, key: str, value: Any) -> None:
     if bound is None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return
-        bound = Bound(low=0, none=False)
+        bound = NON_NEGATIVE
     if key == "window" and bound.accepts(value) and value is not None and value % 2 == 0:
         raise ConfigError(f"{name} must be an odd integer (the centre word and equal context on both sides), got {value!r}")
     if not bound.accepts(value):
@@ -311,7 +319,7 @@ def check_method_settings(
         name = f"method_options.{key}" if key in options else f"setting {key!r} of method {method!r} in {methods_file}"
         _check_setting(name, key, value)
     for term, weight in (weights or {}).items():
-        if not Bound(low=0, none=False).accepts(weight):
+        if not NON_NEGATIVE.accepts(weight):
             raise ConfigError(f"the weight of loss term {term!r} of method {method!r} must be a finite number >= 0, got {weight!r}")
 
 

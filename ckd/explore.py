@@ -47,15 +47,15 @@ from ckd.aggregate import (
     method_sort_key,
     missing_runs,
     paper_delta_table,
-    read_expected,
     run_value,
     significance_table,
-    split_stale,
     study_columns,
     to_markdown,
 )
+from ckd import paths
+from ckd.aggregate_settings import read_settings
 from ckd.errors import CkdError
-from ckd.records import load_records, model_name, row_method, row_method_base
+from ckd.records import model_name, row_method, row_method_base, study_records
 from ckd.stats import mean_std
 
 STUDY_ENV = "CKD_STUDY_DIR"
@@ -90,6 +90,7 @@ class Study:
     columns: list[Column]                   # table columns of the filtered tasks
     loaded: list[dict]                      # every current record of the study, before filters
     stale: list[dict] = field(default_factory=list)
+    unplanned: list[dict] = field(default_factory=list)  # runs expected.json no longer lists (not shown)
     expected: dict | None = None
     filters: dict = field(default_factory=dict)
     include_stale: bool = False
@@ -115,6 +116,8 @@ class Study:
                                                            if stage1 else "")]
         if self.stale:
             parts.append(f"{len(self.stale)} stale record(s) (made with another config) left out")
+        if self.unplanned:
+            parts.append(f"{len(self.unplanned)} record(s) of runs the study no longer plans left out")
         parts.append("tasks: " + (", ".join(self.tasks) or "none"))
         parts.append("students: " + (", ".join(self.students) or "none"))
         parts.append("methods: " + (", ".join(self.methods) or "none"))
@@ -141,23 +144,17 @@ def load_study(study_dir: str | os.PathLike | None = None, *, tasks: Iterable[st
     `teacher` for the fine-tuned teachers' rows). None keeps everything. The student filter applies
     to student rows; teacher rows are kept unless a method filter leaves out `teacher`.
     When the study holds an expected.json (the workflow writes one), records made with another config
-    are left out, as `ckd aggregate --expected` does (`include_stale=True` keeps them).
+    and runs the study no longer plans are left out, as `ckd aggregate --expected` does
+    (`ckd.records.study_records`; `include_stale=True` keeps the stale ones).
     """
     from ckd.data.tasks import get_task
 
     path = Path(study_dir) if study_dir is not None else default_study_dir()
     if not path.is_dir():
         raise CkdError(f"{path}: study folder not found; run `make demo` (results/smoke) or set {STUDY_ENV}")
-    records = load_records(path)
-    if not records:
-        raise CkdError(f"{path}: no record.json under teachers/ or runs/; run the study first")
-    expected = read_expected(path / "expected.json") if (path / "expected.json").is_file() else None
-    current, stale = split_stale(records, expected, path)
-    if not include_stale:
-        if not current:
-            raise CkdError(f"{path}: all {len(stale)} record(s) are stale (their config_fingerprint differs from "
-                           "expected.json): re-run the study, or pass include_stale=True")
-        records = current
+    expected = path / paths.EXPECTED
+    loaded = study_records(path, expected if expected.is_file() else None, include_stale)
+    records, stale, expected = loaded.records, loaded.stale, loaded.expected
     scored = [r for r in records if r.get("kind") != INTERMEDIATE]
 
     task_filter = _as_list(tasks)
@@ -192,7 +189,7 @@ def load_study(study_dir: str | os.PathLike | None = None, *, tasks: Iterable[st
     groups = group_records(kept)
     name = next((r["study"] for r in records if r.get("study")), path.name)
     return Study(path=path, name=name, records=kept, groups=groups, columns=study_columns(r["task"] for r in kept),
-                 loaded=records, stale=stale, expected=expected,
+                 loaded=records, stale=stale, unplanned=loaded.unplanned, expected=expected,
                  filters={"tasks": task_filter, "students": student_filter, "methods": method_filter},
                  include_stale=include_stale)
 
@@ -203,12 +200,28 @@ def load_study(study_dir: str | os.PathLike | None = None, *, tasks: Iterable[st
 TABLES = ("main", "paper_delta", "ablation", "significance", "missing")
 
 
-def study_tables(study: Study, *, score: str = "final", baseline: str = "kd", n_boot: int = 1000, seed: int = 0,
-                 alternative: str = "greater", reference: str | os.PathLike | None = None,
+def aggregate_settings(study: Study) -> dict:
+    """The settings the workflow's `ckd aggregate` made the study's tables with (tables/aggregate.json:
+    score, baseline, bootstrap, seed, alternative, reference); `ckd aggregate`'s defaults where the
+    study has no tables yet."""
+    return read_settings(study.path / paths.TABLES)
+
+
+def study_tables(study: Study, *, score: str | None = None, baseline: str | None = None, n_boot: int | None = None,
+                 seed: int | None = None, alternative: str | None = None, reference: str | os.PathLike | None = None,
                  only: Iterable[str] | None = None) -> dict[str, Table]:
     """The tables of `ckd aggregate` (main, paper_delta, ablation, significance, and missing when no
     filter is set) for the filtered study, as `ckd.aggregate.Table` objects (`.frame` for numbers,
-    `table_markdown` to show them). `only`: names of the tables to build."""
+    `table_markdown` to show them). `only`: names of the tables to build. A setting left None is the
+    one the study's tables were made with (`aggregate_settings`), so that without filters every cell
+    equals the workflow's tables."""
+    settings = aggregate_settings(study)
+    score = score if score is not None else settings["score"]
+    baseline = baseline if baseline is not None else settings["baseline"]
+    n_boot = n_boot if n_boot is not None else settings["bootstrap"]
+    seed = seed if seed is not None else settings["seed"]
+    alternative = alternative if alternative is not None else settings["alternative"]
+    reference = reference if reference is not None else settings.get("reference")
     wanted = set(only) if only is not None else set(TABLES)
     unknown = sorted(wanted - set(TABLES))
     if unknown:
@@ -746,14 +759,21 @@ def _resolve_teacher(record: dict, run_dir: Path) -> Path | None:
     if ref_path.is_dir():
         return ref_path
     parts = ref_path.parts
-    if "teachers" in parts:
-        # the run folder is <study>/runs/<task>/<student>/<method>/seed<k> (parents[4] = <study>)
-        study_dir = run_dir.parents[4] if len(run_dir.parents) > 4 else None
-        if study_dir is not None:
-            candidate = study_dir.joinpath(*parts[parts.index("teachers"):])
-            if candidate.is_dir():
-                return candidate
+    study_dir = paths.study_of(run_dir)
+    if paths.TEACHERS in parts and study_dir is not None:  # the study was moved: look in the run's own study
+        candidate = study_dir.joinpath(*parts[parts.index(paths.TEACHERS):])
+        if candidate.is_dir():
+            return candidate
     return None
+
+
+def _saved_runs(study_dir, task: str | None = None, method: str | None = None, model: str | None = None,
+                seed: int | None = None) -> list[tuple[paths.RunId, Path]]:
+    """The study's teacher and run folders with a saved model, matching the given fields, by model and seed."""
+    found = [(run, folder) for run, folder in paths.run_folders(study_dir)
+             if (folder / "model" / "config.json").is_file()
+             and all(want is None or have == want for have, want in zip(run, (task, model, method, seed)))]
+    return sorted(found, key=lambda item: (item[0].model, item[0].seed))
 
 
 def default_task(study_dir: str | os.PathLike, method: str = "ckd") -> str:
@@ -762,11 +782,10 @@ def default_task(study_dir: str | os.PathLike, method: str = "ckd") -> str:
     from ckd.aggregate import task_sort_key
     from ckd.data.tasks import get_task
 
-    root = Path(study_dir) / "runs"
-    tasks = sorted({p.relative_to(root).parts[0] for p in root.glob(f"*/*/{method}/seed*/model/config.json")} if root.is_dir() else set())
+    tasks = {run.task for run, _ in _saved_runs(study_dir, method=method)}
     if not tasks:
-        raise CkdError(f"no finished {method} run with a saved model under {root}; run the study (make demo) "
-                       "or pick another method")
+        raise CkdError(f"no finished {method} run with a saved model under {Path(study_dir) / paths.RUNS}; run the study "
+                       "(make demo) or pick another method")
     return min(tasks, key=lambda t: (get_task(t).is_pair, task_sort_key(get_task(t).name)))
 
 
@@ -778,14 +797,11 @@ def find_run(study_dir: str | os.PathLike, task: str | None = None, method: str 
 
     study_dir = Path(study_dir)
     task = get_task(task if task is not None else default_task(study_dir, method)).name
-    candidates = sorted((study_dir / "runs" / task).glob(f"{student or '*'}/{method}/seed*"),
-                        key=lambda p: (p.parent.parent.name, int(p.name[4:]) if p.name[4:].isdigit() else 0))
-    candidates = [p for p in candidates if (p / "model" / "config.json").is_file()
-                  and (seed is None or p.name == f"seed{seed}")]
+    candidates = _saved_runs(study_dir, task, method, student, seed)
     if not candidates:
-        raise CkdError(f"no finished {method} run with a saved model under {study_dir}/runs/{task}"
+        raise CkdError(f"no finished {method} run with a saved model under {study_dir / paths.RUNS / task}"
                        f"{'/' + student if student else ''}; run the study (make demo) or pick another method/task")
-    return candidates[0]
+    return candidates[0][1]
 
 
 def find_teacher(study_dir: str | os.PathLike, task: str, seed: int | None = None) -> Path:
@@ -794,11 +810,10 @@ def find_teacher(study_dir: str | os.PathLike, task: str, seed: int | None = Non
 
     study_dir = Path(study_dir)
     task = get_task(task).name
-    candidates = sorted(p for p in (study_dir / "teachers" / task).glob("*/seed*") if (p / "model" / "config.json").is_file()
-                        and (seed is None or p.name == f"seed{seed}"))
+    candidates = _saved_runs(study_dir, task, paths.TEACHER_METHOD, seed=seed)
     if not candidates:
-        raise CkdError(f"no fine-tuned teacher with a saved model under {study_dir}/teachers/{task}")
-    return candidates[0]
+        raise CkdError(f"no fine-tuned teacher with a saved model under {study_dir / paths.TEACHERS / task}")
+    return candidates[0][1]
 
 
 def example_sentence(task: str, index: int = 0, *, split: str = "dev", source: str = "auto") -> tuple[str, str | None]:
@@ -907,9 +922,9 @@ def explore_relations(student: str | os.PathLike, teacher: str | os.PathLike | N
     task = record.get("task") if record else None
     if teacher is None:
         found = _resolve_teacher(record, run_dir) if record else None
-        if found is None and record and len(run_dir.parents) > 4:
-            try:  # the study's own teacher for the task: <study>/teachers/<task>/<teacher>/seed<k>
-                found = find_teacher(run_dir.parents[4], record["task"])
+        if found is None and record and paths.study_of(run_dir) is not None:
+            try:  # the study's own teacher for the task
+                found = find_teacher(paths.study_of(run_dir), record["task"])
             except CkdError:
                 found = None
         if found is None:

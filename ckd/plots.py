@@ -18,10 +18,19 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ckd.aggregate import Column, cell, flatten_options, group_records, is_ckd_variant, method_changes, study_columns
+from ckd.aggregate import (
+    Column,
+    cell,
+    flatten_options,
+    group_records,
+    is_ckd_variant,
+    method_changes,
+    study_columns,
+)
+from ckd import paths
 from ckd.atomic import atomic_write_bytes
 from ckd.errors import CkdError
-from ckd.records import load_records, model_info, row_method_base
+from ckd.records import model_info, row_method_base, study_records
 from ckd.stats import lookup_metric, mean_std
 
 Log = Callable[[str], None]
@@ -331,24 +340,20 @@ def plot_study(study_dir: str | Path, out_dir: str | Path | None = None, *, scor
                log: Log = print, expected: str | Path | None = None, include_stale: bool = False) -> list[Path]:
     """Draw every figure the study's records support; returns the files written.
 
-    `expected`/`include_stale`: as for `ckd aggregate`, records made with another config are left out.
+    `expected`/`include_stale`: as for `ckd aggregate` (`ckd.records.study_records`): records made with
+    another config, and runs the study no longer plans, are left out, so the figures show what the tables do.
     """
     if score not in SCORE_LABEL:
         raise CkdError(f"--score must be final or best, not {score!r}")
     study_dir = Path(study_dir)
-    out_dir = Path(out_dir) if out_dir is not None else study_dir / "plots"
-    records = load_records(study_dir)
-    if not records:
-        raise CkdError(f"{study_dir}: no record.json under teachers/ or runs/; run the study first")
-    if expected is not None and not include_stale:
-        from ckd.aggregate import read_expected, split_stale
-
-        records, stale = split_stale(records, read_expected(expected), study_dir)
-        if stale:
-            log(f"left out {len(stale)} stale record(s) (config_fingerprint differs from {expected}); --include-stale draws them")
-        if not records:
-            raise CkdError(f"{study_dir}: every record is stale (config_fingerprint differs from {expected}): "
-                           "re-run the study, or pass --include-stale")
+    out_dir = Path(out_dir) if out_dir is not None else study_dir / paths.PLOTS
+    loaded = study_records(study_dir, expected, include_stale)
+    if loaded.stale and not include_stale:
+        log(f"left out {len(loaded.stale)} stale record(s) (config_fingerprint differs from {expected}); "
+            "--include-stale draws them")
+    if loaded.unplanned:
+        log(f"left out {len(loaded.unplanned)} record(s) of runs the study no longer plans (not in {expected})")
+    records = loaded.records  # a TinyBERT first stage has no scores but a training curve
     groups = group_records(records)
     columns = study_columns(r["task"] for r in records)
     written = []

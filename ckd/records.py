@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ckd.errors import CkdError
+from ckd import paths
+from ckd.errors import CkdError, ConfigError
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "kind", "task", "method", "seed", "metrics")
-RECORD_NAME = "record.json"
-TEACHER_METHOD = "teacher"
-SEARCH_DIR = "search"  # <study>/search/: grid-search runs and selections (ckd.search)
+RECORD_NAME = paths.RECORD
+TEACHER_METHOD = paths.TEACHER_METHOD
+SEARCH_DIR = paths.SEARCH
 
 
 class RecordError(CkdError):
@@ -54,11 +56,7 @@ def validate_record(record: Any, path: Path) -> None:
 
 
 def _role(path: Path, root: Path) -> str:
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        parts = path.parts
-    return "teacher" if "teachers" in parts[:-1] else "student"
+    return "teacher" if paths.is_teacher_path(path, root) else "student"
 
 
 def load_records(root: str | os.PathLike) -> list[dict]:
@@ -71,10 +69,7 @@ def load_records(root: str | os.PathLike) -> list[dict]:
         raise RecordError(f"{root}: study folder not found; pass --study-dir results/<study>")
     records = []
     for path in sorted(root.rglob(RECORD_NAME)):
-        parts = path.relative_to(root).parts
-        # atomic_directory's temporary folders start with a dot; search/ holds a grid search's own
-        # runs (scored on a split carved from the training set), read by `ckd select`, never tabulated
-        if any(part.startswith(".") for part in parts) or parts[0] == SEARCH_DIR:
+        if not paths.is_tabulated(path, root):
             continue
         record = _read_json(path)
         validate_record(record, path)
@@ -93,10 +88,9 @@ def model_name(record: dict) -> str:
         if isinstance(info, dict) and info.get("name"):
             return str(info["name"])
     path = Path(record.get("_path", ""))
-    # .../<model>/<method>/seed<k>/record.json for students, .../<teacher>/seed<k>/record.json for teachers
-    level = 2 if record.get("_role") == "teacher" else 3
-    parts = path.parts
-    return parts[-level - 1] if len(parts) > level else "?"
+    study = paths.study_of(path.parent)
+    run = paths.parse_run_dir(path.parent, study) if study is not None else None
+    return run.model if run is not None else "?"
 
 
 def model_info(record: dict) -> dict:
@@ -189,3 +183,101 @@ def load_predictions(record_path: str | os.PathLike) -> dict | None:
                     f"{path}: split {split!r} has {len(block[key])} {key} predictions for {len(block['labels'])} labels"
                 )
     return predictions
+
+
+# ---------------------------------------------------------------- which records the tables show
+
+
+def _task_name(name: str) -> str:
+    from ckd.data.tasks import get_task
+
+    return get_task(name).name
+
+
+def read_expected(path: str | os.PathLike) -> dict[tuple, str | None]:
+    """(task, student, method, seed) -> the config_fingerprint the study expects for that run (None: any).
+
+    The file (the workflow's expected.json) is a JSON list (or {"runs": [...]}) of {"task", "student",
+    "method", "seed"[, "config_fingerprint"]}; teachers have method "teacher". Raises ConfigError naming
+    the file and the entry when it is unreadable or malformed.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the expected-runs list ({exc}); regenerate it with the workflow") from exc
+    items = data.get("runs") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: expected a list of runs (or {{\"runs\": [...]}})")
+    expected: dict[tuple, str | None] = {}
+    for i, item in enumerate(items):
+        fingerprint = None
+        if isinstance(item, dict) and all(k in item for k in ("task", "student", "method", "seed")):
+            fingerprint = item.get("config_fingerprint")
+            item = (item["task"], item["student"], item["method"], item["seed"])
+        if not (isinstance(item, (list, tuple)) and len(item) == 4 and isinstance(item[3], int)):
+            raise ConfigError(f"{path}: entry {i} must be {{task, student, method, seed}} with an integer seed, got {item!r}; "
+                              "fix or regenerate the list")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise ConfigError(f"{path}: entry {i}: config_fingerprint must be a string, got {fingerprint!r}")
+        expected[(_task_name(item[0]), str(item[1]), str(item[2]), int(item[3]))] = fingerprint
+    return expected
+
+
+def run_identity(record: dict, study_dir: str | os.PathLike) -> tuple:
+    """(task, student, method, seed) of a record: from its folder when it follows the study layout."""
+    run = paths.parse_run_dir(Path(record["_path"]).parent, study_dir)
+    ident = tuple(run) if run is not None else (record["task"], model_name(record), row_method(record), record["seed"])
+    return (_task_name(ident[0]),) + tuple(ident[1:])
+
+
+@dataclass
+class StudyRecords:
+    """A study's records sorted into those its tables and figures show and those they leave out.
+
+    records: shown (current; stale ones too with include_stale); stale: made with another config than
+    the study expects (config_fingerprint differs); unplanned: runs the expected list does not name (a
+    task, model or method removed from the study file, its old runs still in the folder), never shown.
+    """
+
+    path: Path
+    records: list[dict]
+    stale: list[dict] = field(default_factory=list)
+    unplanned: list[dict] = field(default_factory=list)
+    expected: dict[tuple, str | None] | None = None
+    include_stale: bool = False
+
+
+def study_records(study_dir: str | os.PathLike, expected: str | os.PathLike | dict | None = None,
+                  include_stale: bool = False) -> StudyRecords:
+    """The one place that decides which records of a study are shown (tables, figures, notebooks).
+
+    expected: the study's expected-runs file (or its `read_expected` dict); None shows every record.
+    Raises RecordError when the folder holds no record, CkdError when every planned record is stale.
+    """
+    root = Path(study_dir)
+    records = load_records(root)
+    if not records:
+        raise RecordError(f"{root}: no record.json under teachers/ or runs/; run the study first")
+    if expected is not None and not isinstance(expected, dict):
+        source, expected = expected, read_expected(expected)
+    else:
+        source = "the expected runs"
+    if not expected:
+        return StudyRecords(root, records, expected=expected, include_stale=include_stale)
+    current, stale, unplanned = [], [], []
+    for record in records:
+        ident = run_identity(record, root)
+        if ident not in expected:
+            unplanned.append(record)
+        elif expected[ident] is not None and record.get("config_fingerprint") != expected[ident]:
+            stale.append(record)
+        else:
+            current.append(record)
+    if not current and not (include_stale and stale):
+        raise CkdError(f"{root}: none of the {len(records)} record(s) is a current run of the study ({len(stale)} stale: "
+                       f"config_fingerprint differs from {source}; {len(unplanned)} not planned): re-run the study"
+                       + (", or pass --include-stale to tabulate the stale ones" if stale else ""))
+    shown = current + stale if include_stale else current
+    shown.sort(key=lambda r: r["_path"])
+    return StudyRecords(root, shown, stale, unplanned, expected, include_stale)

@@ -13,7 +13,7 @@ import torch
 
 from ckd import checkpoint as ckpt
 from ckd.atomic import atomic_directory, atomic_write_json
-from ckd.config import check_method_settings, result_fingerprint
+from ckd.config import check_max_length, check_method_settings, result_fingerprint
 from ckd.data.encoding import encode_split
 from ckd.data.loading import data_fingerprint, run_splits, scored_task
 from ckd.data.tasks import get_task
@@ -208,6 +208,8 @@ def _run(kind: str, config: dict[str, Any], runtime, force: bool, folder: RunFol
     if teacher_built is not None:
         check_same_tokenizer(teacher_built.tokenizer, student.tokenizer, str(config["teacher"].get("name_or_path")), str(model_spec.get("name_or_path") or model_spec.get("tokenizer")))
 
+    positions = {role: student.model.config, **({"teacher": teacher_built.model.config} if teacher_built else {})}
+    check_max_length(int(config["data"]["max_length"]), positions)  # before the data is read
     train_examples, dev_examples = _load_data(config, task)
     max_length = int(config["data"]["max_length"])
     train_data = encode_split(train_examples, student.tokenizer, max_length, task)
@@ -285,4 +287,10 @@ def _second_stage_student(config: dict[str, Any], method: ResolvedMethod, studen
     model_dir = Path(stage_dir) / "model"
     if not is_complete(Path(stage_dir)) or not model_dir.is_dir():
         raise CkdError(f"init_from_run={stage_dir} is not a finished {method.after!r} run (no record.json / model/): run that stage first")
+    stage = finished_record(Path(stage_dir))
+    if method.after not in (stage.get("method"), stage.get("method_base")) or stage.get("task") != config["task"]:
+        raise CkdError(
+            f"init_from_run={stage_dir} holds a {stage.get('kind')} run of method {stage.get('method')!r} on {stage.get('task')}, "
+            f"not a {method.after!r} run on {config['task']}: point init_from_run at that stage's run folder"
+        )
     return {"name_or_path": str(model_dir), "init": "pretrained", "name": student_spec.get("name") or None}

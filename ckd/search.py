@@ -122,13 +122,15 @@ def select(plan: Mapping[str, Any], score: str = "final") -> dict[str, Any]:
     Each point's value is the mean over its seeds of metrics[score][split][metric] (a fraction); a
     NaN (diverged) run makes its point's mean NaN, which never wins. The highest mean wins; ties go
     to the point listed first. Raises RecordError for a missing or stale record (config_fingerprint
-    differs from the plan's), or a carve-mode record scored on anything but the carved split.
+    differs from the plan's), a carve-mode record scored on anything but the carved split, or runs
+    scored on different data (their records' data_fingerprint of the split differs).
     """
     if score not in SCORES:
         raise ConfigError(f"--score must be one of {', '.join(SCORES)}, not {score!r}")
     if plan.get("selection") not in SELECTIONS:
         raise ConfigError(f"plan selection must be one of {', '.join(SELECTIONS)}, got {plan.get('selection')!r}")
     split, metric = plan["split"], plan["metric"]
+    scored_on: dict[str, str] = {}  # data fingerprint of the split each run was scored on -> one such run
     if plan["selection"] == "carve" and split != SELECTION_SPLIT:
         raise ConfigError(f"plan: selection carve scores on the {SELECTION_SPLIT!r} split, not {split!r}")
     rows, best = [], None
@@ -147,18 +149,23 @@ def select(plan: Mapping[str, Any], score: str = "final") -> dict[str, Any]:
             if record["seed"] != run["seed"]:
                 raise RecordError(f"{path}: seed {record['seed']} where the plan expects {run['seed']}")
             values.append(_metric(record, score, split, metric, str(path)))
+            scored_on.setdefault(str((record.get("data_fingerprint") or {}).get(split)), str(path))
         mean = math.fsum(values) / len(values) if values else math.nan
         rows.append({"point": point["name"], "options": point["options"], "seeds": [r["seed"] for r in point["runs"]],
                      "values": values, "mean": mean})
         if math.isfinite(mean) and (best is None or mean > best["mean"]):
             best = rows[-1]
+    if len(scored_on) > 1:
+        first, second = list(scored_on.values())[:2]
+        raise RecordError(f"{first} and {second} were scored on different {split} data (data_fingerprint differs): "
+                          "the points are not comparable; delete the search runs of this method and re-run them")
     if best is None:
         raise RecordError(f"{plan['task']}/{plan['student']}/{plan['method']}: every grid point has a NaN or missing "
                           f"{split} {metric}; no setting can be selected (lower the learning rates of the grid?)")
     return {
         "task": plan["task"], "student": plan["student"], "method": plan["method"],
         "selection": plan["selection"], "split": split, "metric": metric, "score": score,
-        "selection_split": plan.get("selection_split"),
+        "selection_split": plan.get("selection_split"), "split_fingerprint": next(iter(scored_on), None),
         "selected": best["point"], "selected_options": best["options"], "selected_mean": best["mean"],
         "method_options": {**(plan.get("fixed_options") or {}), **best["options"]},
         "points": rows,

@@ -7,12 +7,12 @@ then trains without a teacher forward. Fields (``n`` = the example's tokens, ``K
 
     logits           (C,)                    KD, kd_released, TinyBERT stage 2
     cls/<i>          (d,)                    PKD: the [CLS] vector of teacher hidden state i
-    token/<i>        tri(n) + n + 1          WR terms: hidden state i's token Gram matrix, stored as
-                                             the upper triangle of the centred Gram Gc = X X^T (X the
-                                             tokens minus their mean mu), a_j = <x_j, mu> and s = |mu|^2;
-                                             the raw Gram is Gc_jk + a_j + a_k + s (exact in exact arithmetic)
-    layers/<i,j,..>  n * (tri(K) + K + 1)    LTR terms: per token, the same of its K layer vectors
-                                             (centred over the layers) for the layer set i, j, ...
+    token/<i>        2 tri(n)                WR terms: upper triangles of hidden state i's token Gram
+                                             matrix, raw (wr_pair) and centred on the sentence's mean
+                                             token (wr_triple), as ckd.losses.relations.token_grams
+    layers/<i,j,..>  n * 2 tri(K)            LTR terms: per token, upper triangles of the Gram matrix
+                                             of its K layer vectors, raw (ltr_pair) and centred over
+                                             the layers (ltr_triple), as relations.layer_grams
     attention/last   H n n                   MiniLM: last-layer attention scores Q K^T / sqrt(d_head)
     value/last       H tri(n)                MiniLM: last-layer value relations V V^T / sqrt(d_head)
 
@@ -21,17 +21,26 @@ and attention scores of every mapped layer: n d K + H n n K per example, the siz
 activations), DistilBERT's cosine term (last hidden states), and the WR triple under
 ``released_window_quirks`` (its windows read padding positions, which depend on the batch).
 
-Layout of a cache folder: ``manifest.json`` (written last, atomically: format, key, contents,
-store dtype and its stated error, shards with each file's size and sha256) and ``shard-NNNNN/``
-folders (each written atomically), holding for each field a flat ``<field>.npy`` and its
-``<field>.offsets.npy`` (int64, examples + 1) plus ``lengths.npy`` (tokens per example). Arrays are
-memory-mapped when read. A build writes ``building.json`` first; a killed build resumes from its
-finished shards when re-run with the same key and contents (shards are computed in fixed batches,
-so the result is the same bytes as an uninterrupted build).
+The teacher side is computed by the same functions the losses use on a live teacher
+(ckd.losses.relations.token_grams / layer_grams, ckd.hooks), one example's rows cut out of its build
+batch without padding; `make bench` (benchmarks/cache_agreement.py) compares cached and live losses
+on real GLUE batches.
+
+Layout of a cache folder: ``manifest.json`` (written last, atomically: format, key (ckd.cache_key),
+fields, store dtype and its stated error, the build plan, shards with each file's size and sha256)
+and ``shard-NNNNN/`` folders (each written atomically), holding for each field a flat
+``<field>.npy`` (``/`` written ``@``, ``,`` written ``-``) and its ``<field>.offsets.npy`` (int64,
+examples + 1) plus ``lengths.npy`` (tokens per example). Arrays are memory-mapped when read; a
+reader checks file sizes when it opens the cache and each shard's sha256 the first time it reads
+from it. A build writes ``building.json`` first; a killed build resumes from its finished shards when
+re-run with the same key, fields, dtype and shard size (shards are computed in fixed batches, so the
+result is the same bytes as an uninterrupted build); a complete cache is not rebuilt.
 
 Stored in float32 by default; ``float16`` / ``bfloat16`` halve the size at a relative rounding error
-of at most 2^-11 / 2^-8 per stored value (the manifest states it; the WR triple's angles come from
-differences of Gram entries, where that error is amplified; use float32 for results).
+of at most 2^-11 / 2^-8 per stored value (the manifest's ``store_relative_error``; float16 refuses
+values beyond its range). The WR triple's angles come from differences of Gram entries, which
+amplify that error: use float32 for results (`python -m benchmarks --sections agreement
+--cache-dtype bfloat16` measures the loss-level difference).
 """
 
 from __future__ import annotations
@@ -41,9 +50,10 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,10 +146,9 @@ def field_size(field: str, n: int, *, labels: int, width: int, heads: int) -> in
     if kind == "cls":
         return width
     if kind == "token":
-        return _tri(n) + n + 1
+        return 2 * _tri(n)
     if kind == "layers":
-        k = len(arg.split(","))
-        return n * (_tri(k) + k + 1)
+        return n * 2 * _tri(len(arg.split(",")))
     if kind == "attention":
         return heads * n * n
     if kind == "value":
@@ -158,14 +167,6 @@ def value_relation(values: torch.Tensor) -> torch.Tensor:
 def _triu_index(n: int, device=None) -> torch.Tensor:
     rows, cols = torch.triu_indices(n, n, device=device)
     return rows * n + cols
-
-
-def _centred_record(x_centred_gram: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """[upper triangle of Gc | a | s] of m vectors (m, d): Gc given (their centred Gram), a_j = <x_j, mu>, s = |mu|^2."""
-    m = vectors.shape[0]
-    mu = vectors.mean(dim=0)
-    a = (vectors - mu) @ mu
-    return torch.cat([x_centred_gram.reshape(-1)[_triu_index(m, vectors.device)], a, (mu @ mu).reshape(1)])
 
 
 @torch.no_grad()
@@ -197,22 +198,20 @@ def compute_batch(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], fie
             rows = list(states[int(arg)][:, 0].float())
         elif kind == "token":
             h = states[int(arg)]
-            (gram,) = relations.token_grams([h], mask, centre=True, dtype=torch.float32)
+            grams = [relations.token_grams([h], mask, centre=centre, dtype=torch.float32)[0] for centre in (False, True)]
             for b, n in enumerate(lengths):
-                rows.append(_centred_record(gram[b, :n, :n], h[b, :n].float()))
+                index = _triu_index(n, h.device)
+                rows.append(torch.cat([g[b, :n, :n].reshape(-1)[index] for g in grams]))
         elif kind == "layers":
             layers = [states[int(i)] for i in arg.split(",")]
-            grams = relations.layer_grams(layers, mask, centre=True, dtype=torch.float32)  # (N_valid, K, K)
             k = len(layers)
-            index = _triu_index(k, grams.device)
-            start = 0
-            for b, n in enumerate(lengths):
-                e = torch.stack([h[b, :n].float() for h in layers], dim=1)  # (n, K, d)
-                mu = e.mean(dim=1)
-                a = torch.einsum("nkd,nd->nk", e - mu[:, None], mu)
-                g = grams[start:start + n].reshape(n, k * k)[:, index]
-                rows.append(torch.cat([g, a, (mu * mu).sum(dim=-1, keepdim=True)], dim=1).reshape(-1))
-                start += n
+            index = _triu_index(k, layers[0].device)
+            # (N_valid, K, K) each, raw then centred -> per token [raw triangle | centred triangle]
+            grams = [relations.layer_grams(layers, mask, centre=c, dtype=torch.float32).reshape(-1, k * k)[:, index]
+                     for c in (False, True)]
+            per_token = torch.cat(grams, dim=1)
+            rows = list(torch.split(per_token, lengths))
+            rows = [r.reshape(-1) for r in rows]
         elif kind == "attention":
             scores = recorder.scores(-1).float()
             rows = [scores[b, :, :n, :n].reshape(-1) for b, n in enumerate(lengths)]
@@ -373,26 +372,45 @@ class _Shard:
 
 
 class TeacherStore:
-    """A verified teacher cache, read per batch (`batch`) into padded tensors; see `open_store`."""
+    """A teacher cache opened by `open_store`, read per batch (`batch`, `outputs`) into padded tensors.
 
-    def __init__(self, path: Path, manifest: Mapping[str, Any], fields: list[str]):
-        self.path, self.manifest, self.fields = path, manifest, fields
+    Each shard is checked against the manifest's sha256 the first time this process reads it (the
+    files it reads: lengths, and data and offsets of this store's fields), so a damaged file stops the
+    run at its first batch from that shard, and a cache is read once more per run at most."""
+
+    def __init__(self, path: Path, manifest: Mapping[str, Any], fields: list[str], rebuild: str = "ckd cache-teacher ..."):
+        self.path, self.manifest, self.fields, self.rebuild = path, manifest, fields, rebuild
         self.dtype = manifest["store_dtype"]
         self.examples = int(manifest["examples"])
-        self.shards: list[_Shard] = []
-        for entry in manifest["shards"]:
-            folder = path / entry["name"]
-            data = {f: np.load(folder / f"{_file_stem(f)}.npy", mmap_mode="r") for f in fields}
-            offsets = {f: np.load(folder / f"{_file_stem(f)}.offsets.npy") for f in fields}
-            self.shards.append(_Shard(entry["start"], entry["stop"], np.load(folder / "lengths.npy"), data, offsets))
-        self.starts = np.asarray([s.start for s in self.shards], dtype=np.int64)
+        self.entries = list(manifest["shards"])
+        self.starts = np.asarray([e["start"] for e in self.entries], dtype=np.int64)
+        self._open: dict[int, _Shard] = {}
         self._triu: dict[int, torch.Tensor] = {}
+
+    def _shard(self, i: int) -> tuple[_Shard, int]:
+        """The shard holding example i (opened and verified on first use) and i's row in it."""
+        number = int(np.searchsorted(self.starts, i, side="right")) - 1
+        shard = self._open.get(number)
+        if shard is None:
+            entry = self.entries[number]
+            folder = self.path / entry["name"]
+            names = ["lengths.npy", *(f"{_file_stem(f)}{suffix}.npy" for f in self.fields for suffix in ("", ".offsets"))]
+            for name in names:
+                described = entry["files"].get(name)
+                if described is None or _sha256(folder / name) != described["sha256"]:
+                    raise CacheError(f"{self.path} is damaged ({entry['name']}/{name} differs from the manifest): "
+                                     f"rebuild it with `{self.rebuild}`")
+            shard = self._open[number] = _Shard(
+                entry["start"], entry["stop"], np.load(folder / "lengths.npy"),
+                {f: np.load(folder / f"{_file_stem(f)}.npy", mmap_mode="r") for f in self.fields},
+                {f: np.load(folder / f"{_file_stem(f)}.offsets.npy") for f in self.fields},
+            )
+        return shard, i - shard.start
 
     def _rows(self, field: str, indices: list[int]) -> list[torch.Tensor]:
         rows = []
         for i in indices:
-            shard = self.shards[int(np.searchsorted(self.starts, i, side="right")) - 1]
-            j = i - shard.start
+            shard, j = self._shard(i)
             lo, hi = shard.offsets[field][j], shard.offsets[field][j + 1]
             rows.append(_from_store(shard.data[field][lo:hi], self.dtype))
         return rows
@@ -400,8 +418,8 @@ class TeacherStore:
     def lengths(self, indices: list[int]) -> list[int]:
         out = []
         for i in indices:
-            shard = self.shards[int(np.searchsorted(self.starts, i, side="right")) - 1]
-            out.append(int(shard.lengths[i - shard.start]))
+            shard, j = self._shard(i)
+            out.append(int(shard.lengths[j]))
         return out
 
     def _symmetric(self, tri: torch.Tensor, m: int) -> torch.Tensor:
@@ -437,21 +455,15 @@ class TeacherStore:
             elif kind == "cls":
                 out[field] = torch.stack(rows).unsqueeze(1)
             elif kind == "token":
-                raw = torch.zeros(len(rows), width, width)
-                centred = torch.zeros(len(rows), width, width)
+                both = torch.zeros(2, len(rows), width, width)
                 for b, (row, n) in enumerate(zip(rows, valid_lengths)):
-                    t = _tri(n)
-                    gc = self._symmetric(row[:t], n)
-                    a, s = row[t:t + n], row[t + n]
-                    centred[b, :n, :n] = gc
-                    raw[b, :n, :n] = gc + a[:, None] + a[None, :] + s
-                out[field] = (raw, centred)
+                    both[:, b, :n, :n] = self._symmetric(row.view(2, _tri(n)), n)
+                out[field] = (both[0], both[1])
             elif kind == "layers":
                 k = len(arg.split(","))
-                per_token = torch.cat([row.view(-1, _tri(k) + k + 1) for row in rows]) if rows else torch.zeros(0, _tri(k) + k + 1)
-                gc = self._symmetric(per_token[:, :_tri(k)], k)
-                a, s = per_token[:, _tri(k):_tri(k) + k], per_token[:, -1]
-                out[field] = (gc + a[:, :, None] + a[:, None, :] + s[:, None, None], gc)
+                per_token = torch.cat([row.view(-1, 2, _tri(k)) for row in rows]) if rows else torch.zeros(0, 2, _tri(k))
+                both = self._symmetric(per_token, k)
+                out[field] = (both[:, 0], both[:, 1])
             elif kind in ("attention", "value"):
                 heads = int(self.manifest["info"].get("heads") or 0) or None
                 full = None
@@ -507,10 +519,10 @@ class _CachedCapture:
         return self._scores
 
 
-def open_store(path: str | Path, key: Mapping[str, Any], fields: Iterable[str], *, rebuild: str, verify: bool = True) -> TeacherStore:
+def open_store(path: str | Path, key: Mapping[str, Any], fields: Iterable[str], *, rebuild: str) -> TeacherStore:
     """The teacher cache at `path` if it is complete, its key equals `key` and it holds `fields`; one-line
-    CacheError otherwise, naming what differs (first differing key field, or a missing field) and `rebuild`.
-    verify: check every file's sha256 against the manifest (a read of the whole cache), else sizes only."""
+    CacheError otherwise, naming what differs (first differing key field, a missing field, a file whose
+    size differs from the manifest) and `rebuild`. Checksums are checked per shard on first read (TeacherStore)."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -528,9 +540,9 @@ def open_store(path: str | Path, key: Mapping[str, Any], fields: Iterable[str], 
         folder = path / entry["name"]
         for name, described in entry["files"].items():
             file = folder / name
-            if not file.is_file() or file.stat().st_size != described["bytes"] or (verify and _sha256(file) != described["sha256"]):
+            if not file.is_file() or file.stat().st_size != described["bytes"]:
                 raise CacheError(f"{path} is damaged ({entry['name']}/{name} differs from the manifest): rebuild it with `{rebuild}`")
-    return TeacherStore(path, manifest, sorted_fields(fields))
+    return TeacherStore(path, manifest, sorted_fields(fields), rebuild)
 
 
 def describe_field(field: str) -> str:

@@ -207,3 +207,42 @@ def test_ablation_changes_from_resolved_methods(tmp_path: Path):
     aggregate_study(root, n_boot=20)
     changes = dict(pd.read_csv(root / "tables" / "ablation.csv")[["method", "changes"]].values.tolist())
     assert changes == {"ckd-w5": "window=5", "ckd-wr": "drops ltr_pair, ltr_triple"}
+
+
+def test_runs_the_study_no_longer_plans_are_not_table_rows(tmp_path: Path):
+    """The study file dropped MRPC and the pkd method; their old runs are still in the folder. With the
+    workflow's expected list they are neither rows nor columns of any table, and missing.md names them."""
+    root = tmp_path / "shrunk"
+    for seed, acc in ((1, 0.60), (2, 0.64)):  # planned: kd on RTE, 62.0 ± 2.8
+        write_run(root, "rte", "3L-384", "kd", seed, {"dev": {"accuracy": acc}}, predictions=_preds(False))
+        write_run(root, "rte", "3L-384", "pkd", seed, {"dev": {"accuracy": 0.9}}, predictions=_preds(True))
+        write_run(root, "mrpc", "3L-384", "kd", seed, {"dev": {"f1": 0.8, "accuracy": 0.7}})
+    expected = tmp_path / "expected.json"
+    expected.write_text(json.dumps([{"task": "rte", "student": "3L-384", "method": "kd", "seed": s} for s in (1, 2)]))
+    aggregate_study(root, n_boot=50, expected=expected)
+    tables = root / "tables"
+    main_csv = pd.read_csv(tables / "main.csv")
+    assert list(main_csv["method"]) == ["kd"] and "MRPC" not in main_csv.columns
+    assert main_csv["RTE"].tolist() == [pytest.approx(62.0)] and main_csv["RTE_n"].tolist() == [2]
+    assert "pkd" not in (tables / "significance.md").read_text() and "pkd" not in (tables / "main.md").read_text()
+    assert sorted(pd.read_csv(tables / "runs.csv")["method"]) == ["kd", "kd"]
+    missing = (tables / "missing.md").read_text()
+    assert "4 finished run(s) not in the expected list (no longer planned), left out of the tables" in missing
+    assert "mrpc/3L-384/kd/seed1" in missing and "rte/3L-384/pkd/seed2" in missing
+    # without an expected list every record is a row, as before
+    aggregate_study(root, n_boot=50)
+    assert list(pd.read_csv(tables / "main.csv")["method"]) == ["kd", "pkd"]
+
+
+def test_settings_file_records_what_the_tables_were_made_with(study: Path):
+    from ckd.aggregate_settings import DEFAULTS, read_settings
+
+    assert read_settings(study / "tables") == DEFAULTS  # no tables yet: ckd aggregate's defaults
+    aggregate_study(study, n_boot=37, baseline="ckd", seed=5)
+    settings = read_settings(study / "tables")
+    assert settings["bootstrap"] == 37 and settings["baseline"] == "ckd" and settings["seed"] == 5
+    assert settings["score"] == "final" and settings["alternative"] == "greater"
+    assert set(pd.read_csv(study / "tables" / "significance.csv")["n_boot"]) == {37}
+    (study / "tables" / "aggregate.json").write_text("{not json")
+    with pytest.raises(CkdError, match="aggregate.json: unreadable"):
+        read_settings(study / "tables")

@@ -58,6 +58,10 @@ def test_quick_benchmark_runs_and_values_agree(tmp_path, capsys):
     assert set(steps) == set(METHODS) | {TEACHER_FORWARD}
     assert all(row["seconds"] > 0 for row in steps.values())
     assert steps["kd"]["vs_kd"] == pytest.approx(1.0)
+    # teacher cache rows: sizes, and cached losses equal to the live teacher's (tiny synthetic models here)
+    assert "Teacher cache size" in printed and "Teacher cache agreement" in printed
+    assert {row["method"] for row in result["agreement"]} == {"kd", "pkd", "minilm", "ckd", "ckd-full-triple", "tinybert"}
+    assert all(row["worst_rel_diff"] <= 1e-6 for row in result["agreement"]), result["agreement"]
 
 
 def test_dense_terms_too_large_for_memory_run_on_a_smaller_batch(capsys):

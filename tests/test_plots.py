@@ -71,3 +71,34 @@ def test_dev_curve_reads_both_history_shapes():
     for nested in (True, False):
         record = {"task": "sst2", "metrics": None, "history": _history(0.0, nested=nested)}
         assert _curve([record], _dev_value) == ([10, 20, 30], [60.0, 70.0, 80.0], [0.0, 0.0, 0.0])
+
+
+def test_figures_leave_out_what_the_tables_leave_out(tmp_path: Path):
+    """With the study's expected list, records of runs it no longer plans (a dropped task) and stale
+    records (another config_fingerprint) are drawn in no figure, as `ckd aggregate` leaves them out."""
+    import json
+
+    study = _full_study(tmp_path / "toy")
+    for seed in (1, 2):  # an old task the study file no longer lists
+        write_run(study, "rte", "2L-128", "kd", seed, {"dev": {"accuracy": 0.6}}, params=5_000_000, layers=2,
+                  hidden=128, history=_history(0.0), timing={"wall_s": 5.0})
+    planned = [{"task": "sst2", "student": s, "method": m, "seed": seed}
+               for s in ("2L-128", "4L-256") for m in ("kd", "ckd", "ckd-wr10", "ckd-wr100") for seed in (1, 2)
+               if s == "4L-256" or not m.startswith("ckd-")]
+    planned.append({"task": "sst2", "student": "bert-base", "method": "teacher", "seed": 0,
+                    "config_fingerprint": "sha256:another"})  # the teacher's record is stale
+    expected = tmp_path / "expected.json"
+    expected.write_text(json.dumps(planned))
+    assert {"curves_rte.png", "cost_rte.png"} <= {p.name for p in plot_study(study, tmp_path / "all", log=print)}
+    messages: list[str] = []
+    names = {p.name for p in plot_study(study, tmp_path / "planned", log=messages.append, expected=expected)}
+    assert "curves_sst2.png" in names and not any("rte" in name for name in names)
+    assert any("left out 2 record(s) of runs the study no longer plans" in m for m in messages)
+    assert any("left out 1 stale record(s)" in m for m in messages)
+    # the stale teacher is the only record with a flat history: its curve is gone from the figure's legend
+    from ckd.plots import group_records
+    from ckd.records import study_records
+
+    shown = study_records(study, expected).records
+    assert ("teacher", "bert-base", "teacher") not in group_records(shown)
+    assert len(shown) == 16

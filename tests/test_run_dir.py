@@ -243,3 +243,22 @@ def test_a_removed_record_written_by_another_commit_is_recomputed(finished, caps
     assert finetune(finished) == 0
     assert "ckd changed since the run (version or commit): running it again" in capsys.readouterr().err
     assert finished_record(finished)["git_commit"] != "0" * 40
+
+
+def test_a_finished_run_on_a_read_only_filesystem_is_skipped(tmp_path, capsys):
+    """Nothing needs writing to see that a run is finished: a results disk mounted read-only still answers."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        assert finetune(disk / "run") == 0
+        assert subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode == 0
+        capsys.readouterr()
+        assert finetune(disk / "run") == 0
+        assert "run already complete" in capsys.readouterr().err
+        assert finetune(disk / "run", "train.lr=2e-3") == 2  # another config: refused, not written
+        assert "holds a finished run of another config (train.lr 0.001 -> 0.002)" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

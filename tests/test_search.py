@@ -150,12 +150,13 @@ def test_grid_points_product_list_and_names():
         grid_points({"alpha": 0.5}, "search.methods.kd")
 
 
-def _search_record(path: Path, seed: int, value: float, *, split: str = SELECTION_SPLIT, fingerprint: str = "fp") -> dict:
+def _search_record(path: Path, seed: int, value: float, *, split: str = SELECTION_SPLIT, fingerprint: str = "fp",
+                   data: str = "carved") -> dict:
     path.mkdir(parents=True)
     final = {"step": 10, split: {"accuracy": value}}
     record = {"schema_version": 1, "kind": "distill", "task": "syn-sentiment", "method": "kd", "seed": seed,
               "metrics": {"selection": {"split": split, "metric": "accuracy"}, "final": final, "best": final},
-              "config_fingerprint": fingerprint}
+              "config_fingerprint": fingerprint, "data_fingerprint": {"train": "rest", split: data}}
     (path / "record.json").write_text(json.dumps(record))
     return {"seed": seed, "record": str(path / "record.json"), "config_fingerprint": "fp"}
 
@@ -192,6 +193,12 @@ def test_select_refuses_stale_missing_and_dev_scored_records(tmp_path):
     Path(plan["points"][0]["runs"][0]["record"]).unlink()
     with pytest.raises(RecordError, match="search run not finished"):
         select(plan)
+    # two points scored on different carved splits are not comparable
+    plan = _plan(tmp_path / "d", {"alpha0.1": [0.5], "alpha0.9": [0.6]})
+    record = Path(plan["points"][1]["runs"][0]["record"])
+    record.write_text(record.read_text().replace('"carved"', '"another"'))
+    with pytest.raises(RecordError, match="scored on different selection data"):
+        select(plan)
 
 
 def test_select_dev_reads_the_dev_metric(tmp_path):
@@ -207,24 +214,29 @@ def test_select_dev_reads_the_dev_metric(tmp_path):
 
 def test_selected_settings_table_and_dev_label(tmp_path):
     study = tmp_path / "s"
-    write_run(study, "mrpc", "3L-384", "kd", 1, {"dev": {"f1": 0.8, "accuracy": 0.7}})
+    write_run(study, "mrpc", "3L-384", "kd", 1, {"dev": {"f1": 0.8, "accuracy": 0.7}}, overrides={"alpha": 0.5})
+    write_run(study, "mrpc", "3L-384", "pkd", 1, {"dev": {"f1": 0.8, "accuracy": 0.7}}, overrides={"beta": 10})
     selected = study / "search" / "selected" / "mrpc" / "3L-384"
     selected.mkdir(parents=True)
     summary = {"task": "mrpc", "student": "3L-384", "method": "kd", "selection": "dev", "split": "dev", "metric": "f1",
                "score": "final", "selection_split": None, "selected": "alpha0.5", "selected_options": {"alpha": 0.5},
-               "selected_mean": 0.81, "points": [{"point": "alpha0.5", "seeds": [1, 2], "mean": 0.81},
-                                                 {"point": "alpha0.9", "seeds": [1, 2], "mean": 0.79}]}
+               "selected_mean": 0.81, "method_options": {"alpha": 0.5},
+               "points": [{"point": "alpha0.5", "seeds": [1, 2], "mean": 0.81}, {"point": "alpha0.9", "seeds": [1, 2], "mean": 0.79}]}
     (selected / "kd.json").write_text(json.dumps(summary))
+    # a selection the pkd runs were not made with (beta 100 vs their 10): it labels nothing
+    stale = {**summary, "method": "pkd", "selected": "beta100", "selected_options": {"beta": 100}, "method_options": {"beta": 100}}
+    (selected / "pkd.json").write_text(json.dumps(stale))
     # a search run's record under search/ never enters the tables
     write_run(study / "search", "mrpc", "3L-384", "kd", 7, {"dev": {"f1": 0.1, "accuracy": 0.1}})
     tables = study / "tables"
     aggregate_study(study, tables, n_boot=10)
     table = (tables / "selected_settings.md").read_text()
     assert "| MRPC | 3L-384 | kd | alpha=0.5 | f1 81.0 | dev (dev) — as the papers did; optimistic | 2 | 2 |" in table
+    assert "| pkd |" not in table and "1 selection(s) under search/selected/ match no tabulated run's settings" in table
     for name in ("main", "paper_delta", "significance", "ablation"):
         text = (tables / f"{name}.md").read_text()
         assert "[settings selected on dev]" in text.splitlines()[0], name
-        assert "chosen by grid search ON THE DEV SET" in text, name
+        assert "Settings of kd: chosen by grid search ON THE DEV SET" in text, name
     main = (tables / "main.md").read_text()
     assert "80.0 (1)" in main and "10.0" not in main
     csv = (tables / "selected_settings.csv").read_text().splitlines()

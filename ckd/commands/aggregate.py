@@ -7,10 +7,12 @@ import argparse
 EXAMPLE = """example:
   ckd aggregate --study-dir results/smoke
   ckd aggregate --study-dir results/paper --score best --baseline kd --bootstrap 10000 --expected expected.json
-Writes main, paper_delta, ablation, significance and selected_settings (grid search) as .csv/.md/.tex, plus missing.md and runs.csv.
+Writes main, paper_delta, ablation, significance and selected_settings (grid search) as .csv/.md/.tex, plus missing.md,
+runs.csv and aggregate.json (the settings below, which the notebooks read).
 --expected: JSON list of {"task", "student", "method", "seed"[, "config_fingerprint"]} (teacher runs: method
 "teacher"); config_fingerprint is what ckd.config.run_fingerprint gives for the run's command.
-A record with another fingerprint is stale: left out of the tables and listed in missing.md."""
+A record with another fingerprint is stale, one of a run the list does not name is no longer planned:
+both are left out of the tables and listed in missing.md."""
 
 
 def register(subparsers) -> None:
@@ -20,16 +22,21 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--study-dir", required=True, help="results/<study>, holding teachers/ and runs/")
     parser.add_argument("--out", help="output folder (default: <study-dir>/tables)")
-    parser.add_argument("--score", choices=("final", "best"), default="final",
-                        help="final checkpoint or best-on-dev checkpoint (default: final)")
+    from ckd.aggregate_settings import DEFAULTS
+
+    parser.add_argument("--score", choices=("final", "best"), default=DEFAULTS["score"],
+                        help="final checkpoint or best-on-dev checkpoint (default: %(default)s)")
     parser.add_argument("--reference", help="published numbers (default: the packaged ckd/resources/paper_dev.csv)")
-    parser.add_argument("--baseline", default="kd", help="method the significance table compares against (default: kd)")
-    parser.add_argument("--bootstrap", type=int, default=10000, metavar="B", help="bootstrap draws (default: 10000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap (default: 0)")
-    parser.add_argument("--alternative", choices=("greater", "two-sided"), default="greater",
-                        help="one-sided (method beats the baseline) or two-sided test (default: greater)")
-    parser.add_argument("--expected", help="JSON list of the study's expected runs, for missing.md; entries with a "
-                        "config_fingerprint also mark records made with another config as stale")
+    parser.add_argument("--baseline", default=DEFAULTS["baseline"],
+                        help="method the significance table compares against (default: %(default)s)")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULTS["bootstrap"], metavar="B",
+                        help="bootstrap draws (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed of the bootstrap (default: %(default)s)")
+    parser.add_argument("--alternative", choices=("greater", "two-sided"), default=DEFAULTS["alternative"],
+                        help="one-sided (method beats the baseline) or two-sided test (default: %(default)s)")
+    parser.add_argument("--expected", help="JSON list of the study's expected runs, for missing.md: records of runs it "
+                        "does not list are left out; entries with a config_fingerprint also mark records made with "
+                        "another config as stale")
     parser.add_argument("--include-stale", action="store_true",
                         help="tabulate records whose config_fingerprint differs from the --expected one (default: leave them out)")
     parser.set_defaults(handler=handle)

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -282,7 +282,7 @@ class _TokenGram:
         self.clean = False  # zero the padding first (batched path)
         self.lengths = _prefix_lengths(valid) if zero_padding or not centre else None
 
-    def fresh(self) -> "_TokenGram":
+    def fresh(self) -> _TokenGram:
         return copy.copy(self)
 
     def vectors(self, h: torch.Tensor) -> torch.Tensor:  # batched path
@@ -426,7 +426,7 @@ def layer_grams(states, attention_mask, *, centre: bool, dtype: torch.dtype | No
         return _LayerGram(valid, dtype, len(layers), layers[0].shape[-1], centre=centre).forward(layers)[0]
 
 
-def _teacher_token_grams(teacher, field: str, grams: "_TokenGram", count: int, term: str, n: int | None = None):
+def _teacher_token_grams(teacher, field: str, grams: _TokenGram, count: int, term: str, n: int | None = None):
     """The teacher's per-layer Gram matrices, one at a time: from a TeacherGrams (first n positions) or
     computed from the teacher's states with `grams` (a configured _TokenGram) under no_grad."""
     if isinstance(teacher, TeacherGrams):

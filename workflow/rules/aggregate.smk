@@ -1,4 +1,5 @@
-# Tables and plots: pure functions of the run records (ckd aggregate, ckd plots).
+# Tables and plots: pure functions of the run records (ckd aggregate, ckd plots); both leave out
+# the records expected.json marks stale or does not plan (ckd.records.study_records).
 
 
 rule expected_runs:
@@ -25,6 +26,7 @@ rule aggregate:
         selected=SELECTED_SUMMARIES,
     output:
         **table_outputs(),
+        settings=f"{TABLES_DIR}/aggregate.json",  # what the notebooks read (ckd.aggregate_settings)
     log:
         f"{LOGS}/aggregate.log",
     params:
@@ -49,7 +51,8 @@ rule aggregate:
 
 rule plots:
     input:
-        TEACHER_RECORDS + RUN_RECORDS,
+        expected=f"{STUDY_DIR}/expected.json",
+        records=TEACHER_RECORDS + RUN_RECORDS,
     output:
         report(
             directory(PLOTS_DIR),
@@ -71,4 +74,5 @@ rule plots:
     conda:
         "../../environment.yml"
     shell:
-        "ckd plots --study-dir {params.study_dir:q} --out {output:q} --score {params.score} > {log} 2>&1"
+        "ckd plots --study-dir {params.study_dir:q} --out {output:q} --expected {input.expected:q}"
+        " --score {params.score} > {log} 2>&1"

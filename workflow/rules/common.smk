@@ -285,8 +285,8 @@ def cache_teacher_args(wildcards):
     students = [name for name, plan in STUDENTS.items() if plan["teacher"] == wildcards.teacher]
     methods = sorted({METHODS[m].base for s in students for m in STUDENTS[s]["methods"] if reads_teacher_cache(METHODS[m])})
     specs = [config["students"][s]["model"] for s in students]
-    return _shell(cache_logits_overrides(wildcards)) + " " + _shell(
-        ["--methods", ",".join(methods), "--students", json.dumps(specs, separators=(",", ":"))])
+    return _shell(cache_logits_overrides(wildcards)
+                  + ["--methods", ",".join(methods), "--students", json.dumps(specs, separators=(",", ":"))])
 
 
 class _Wildcards(dict):
