@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from ckd import paths
 from ckd.aggregate_settings import DEFAULTS, SETTINGS_FILE, read_settings  # noqa: F401 (read_settings re-exported)
 from ckd.atomic import atomic_write_json, atomic_write_text
 from ckd.errors import CkdError, ConfigError
-from ckd import paths
+from ckd.frame import INTERMEDIATE, runs_frame, write_scores
 from ckd.records import (
     TEACHER_METHOD,
     load_predictions,
@@ -117,7 +118,7 @@ def study_columns(tasks: Iterable[str]) -> list[Column]:
     return columns
 
 
-INTERMEDIATE = "intermediate"
+SCORES_FILE = "scores.csv"  # the tidy runs frame (ckd.frame)
 
 
 def group_records(records: list[dict]) -> dict[RowKey, list[dict]]:
@@ -835,6 +836,8 @@ def aggregate_study(
     runs = records_frame(scored)
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     written.append(out_dir / "runs.csv")
+    write_scores(runs_frame(loaded, selections), out_dir / SCORES_FILE)
+    written.append(out_dir / SCORES_FILE)
     settings = {"score": score, "baseline": baseline, "bootstrap": n_boot, "seed": seed, "alternative": alternative,
                 "reference": str(Path(reference).resolve()) if reference is not None else None,
                 "expected": str(Path(expected).resolve()) if expected is not None and not isinstance(expected, dict) else None,

@@ -1,4 +1,4 @@
-"""Keys for ckd's derived caches (teacher logits today, a teacher hidden-state cache later).
+"""Keys for ckd's derived caches: teacher logits (ckd.teacher_cache) and the teacher cache (ckd.teacher_store).
 
 A cache is only valid for the exact inputs that produced it, so every cache file carries a KEY: an
 ordered mapping of every field that determines its contents. A reader builds the key its run needs
@@ -19,7 +19,8 @@ and `read_cache` refuses a file whose key differs, in one line naming the first 
     precision   the precision the teacher ran at (fp32 | bf16 | fp16)
 
 A later kind of cache adds its own fields through `teacher_cache_key(..., extra={...})` and uses the
-same `write_cache`/`read_cache`. Fingerprints are sha256 hex digests; messages show their first 12 characters. What does not change
+same `write_cache`/`read_cache`; the teacher cache (kind "teacher-terms", a folder of memory-mapped
+shards) keeps this key in its manifest and compares it with `check_key`. Fingerprints are sha256 hex digests; messages show their first 12 characters. What does not change
 the contents (the teacher's path, the device, the time) goes into the file's `info`, not its key.
 """
 
@@ -30,8 +31,9 @@ import io
 import itertools
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +67,7 @@ def fingerprint_model(model: torch.nn.Module) -> str:
     config = {k: v for k, v in model.config.to_dict().items() if k not in _MODEL_CONFIG_NEUTRAL}
     digest.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
     for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"\n{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode("utf-8"))
+        digest.update(f"\n{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
         digest.update(_tensor_bytes(tensor))
     return digest.hexdigest()
 

@@ -19,8 +19,9 @@ records (`ckd.records`), the figures and the notebooks (`ckd.explore`) all take 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 TEACHERS = "teachers"
 RUNS = "runs"

@@ -11,13 +11,14 @@ import itertools
 import math
 import re
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ckd import paths
 from ckd.aggregate import (
     Column,
     cell,
@@ -27,7 +28,6 @@ from ckd.aggregate import (
     method_changes,
     study_columns,
 )
-from ckd import paths
 from ckd.atomic import atomic_write_bytes
 from ckd.errors import CkdError
 from ckd.records import model_info, row_method_base, study_records
@@ -39,6 +39,12 @@ SCORE_LABEL = {"final": "final", "best": "best-on-dev"}
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(text)).strip("_") or "x"
+
+
+def agg_figure(fig: Figure) -> Figure:
+    """The figure on its own Agg canvas (no pyplot, the process's backend left alone)."""
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:

@@ -278,6 +278,6 @@ def study_records(study_dir: str | os.PathLike, expected: str | os.PathLike | di
         raise CkdError(f"{root}: none of the {len(records)} record(s) is a current run of the study ({len(stale)} stale: "
                        f"config_fingerprint differs from {source}; {len(unplanned)} not planned): re-run the study"
                        + (", or pass --include-stale to tabulate the stale ones" if stale else ""))
-    shown = current + stale if include_stale else current
-    shown.sort(key=lambda r: r["_path"])
+    keep = {id(r) for r in (current + stale if include_stale else current)}
+    shown = [r for r in records if id(r) in keep]  # in load_records' order
     return StudyRecords(root, shown, stale, unplanned, expected, include_stale)

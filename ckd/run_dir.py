@@ -157,7 +157,8 @@ def _local_path(value: Any) -> Path | None:
 
 
 def run_inputs(kind: str, config: Mapping[str, Any]) -> dict[str, Path]:
-    """The local paths a run reads, by config key: models, cached logits, a first stage, the data folder."""
+    """The local paths a run reads, by config key: models, cached logits or teacher cache, a first stage,
+    the data folder."""
     inputs: dict[str, Any] = {}
     for role in ("model", "teacher", "student"):
         spec = config.get(role)
@@ -165,6 +166,7 @@ def run_inputs(kind: str, config: Mapping[str, Any]) -> dict[str, Path]:
             inputs[f"{role}.name_or_path"] = spec.get("name_or_path")
             inputs[f"{role}.tokenizer"] = spec.get("tokenizer")
     inputs["teacher_logits"] = config.get("teacher_logits")
+    inputs["teacher_cache"] = config.get("teacher_cache")
     inputs["init_from_run"] = config.get("init_from_run")
     inputs["methods_file"] = config.get("methods_file")
     data = config.get("data") or {}

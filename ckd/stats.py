@@ -8,8 +8,8 @@ regression metrics from per-example weights (how often each example was drawn).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -185,28 +185,30 @@ def paired_bootstrap(
 
 
 def sign_flip_test(diffs: Sequence[float], *, alternative: str = "greater", n_perm: int | None = None, seed: int = 0) -> float:
-    """Permutation test on seed-level differences: flip the sign of each difference at random.
+    """Permutation test on seed-level differences: flip the sign of each difference at random
+    (`scipy.stats.permutation_test`, one sample, permutation_type="samples"; statistic: the mean).
 
-    Exact (all 2^k sign patterns) for k <= 16 seeds unless n_perm is given. The smallest
-    attainable p is 1/2^k, so with 3 seeds p >= 0.125.
+    Exact (all 2^k sign patterns) for k <= 16 seeds unless n_perm is given; otherwise n_perm (default
+    100000) random patterns, seeded, with scipy's +1 correction. The smallest attainable exact p is
+    1/2^k, so with 3 seeds p >= 0.125. "greater": share of patterns whose mean is at least the observed
+    one; "two-sided": 2 * the smaller one-sided p, capped at 1 (the share with |mean| >= |observed|).
     """
+    from scipy import stats as scipy_stats
+
+    if alternative not in ("greater", "two-sided"):
+        raise ValueError(f"alternative must be 'greater' or 'two-sided', not {alternative!r}")
     d = np.asarray(diffs, dtype=float)
     k = d.size
     if k == 0:
         raise ValueError("sign_flip_test needs at least one difference")
-    if n_perm is None and k <= 16:
-        signs = 1 - 2 * ((np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1)
-    else:
-        rng = np.random.default_rng(seed)
-        signs = rng.choice([-1.0, 1.0], size=(n_perm or 100000, k))
-    stats = (signs * d).mean(axis=1)
-    observed = d.mean()
-    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
-    if alternative == "greater":
-        return float(np.mean(stats >= observed - tol))
-    if alternative == "two-sided":
-        return float(np.mean(np.abs(stats) >= abs(observed) - tol))
-    raise ValueError(f"alternative must be 'greater' or 'two-sided', not {alternative!r}")
+    if k == 1:  # scipy wants two observations; the two patterns are +d and -d
+        return 0.5 if alternative == "greater" and d[0] > 0 else 1.0
+    exact = n_perm is None and k <= 16
+    result = scipy_stats.permutation_test(
+        (d,), np.mean, permutation_type="samples", vectorized=True, alternative=alternative,
+        n_resamples=np.inf if exact else (n_perm or 100000), random_state=np.random.default_rng(seed),  # rng= from scipy 1.15
+    )
+    return float(result.pvalue)
 
 
 # ---------------------------------------------------------------- internals

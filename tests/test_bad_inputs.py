@@ -420,6 +420,8 @@ CASES = [
          + [f"output_dir={e.tmp / 'glue' / 'RTE' / 'run'}"], ("is inside an input of this run (data.glue_dir=",), patch=nothing_loaded),
     Case("output_dir containing the cached logits", lambda e: e.distill(f"teacher_logits={e.out / 'logits.pt'}"),
          ("contains an input of this run (teacher_logits=",), patch=nothing_loaded),
+    Case("output_dir inside the teacher cache", lambda e: e.distill(f"teacher_cache={e.tmp / 'cache'}")
+         + [f"output_dir={e.tmp / 'cache' / 'run'}"], ("is inside an input of this run (teacher_cache=",), patch=nothing_loaded),
     Case("second stage writing into its first stage", lambda e: e.distill(f"init_from_run={e.out}", method="tinybert"),
          ("is an input of this run (init_from_run=",), patch=nothing_loaded),
     Case("output_dir containing the student's initial model", lambda e: copy_run(e.teacher, e.out / "init")

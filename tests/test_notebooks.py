@@ -5,16 +5,20 @@ ablation sweep, and a broken cell fails the run. Also the helpers of `ckd.explor
 from __future__ import annotations
 
 import copy
+import json
 import math
+import re
 from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from ckd import explore
+from ckd.cli import main as cli
 from tests.fixtures.study import write_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,11 +93,37 @@ def smoke_study(smoke_results) -> Path:
     return smoke_results / "smoke"
 
 
+def markdown_rows(text: str) -> dict[str, list[list[str]]]:
+    """{title: rows of cells} of every Markdown table in `text` (a table's rows follow its `# title`)."""
+    tables, title = {}, None
+    for line in text.replace("&lt;", "<").replace("&gt;", ">").splitlines():
+        if line.startswith("# "):
+            title = line[2:]
+            tables[title] = []
+        elif line.startswith("|") and title is not None and not line.startswith("|---"):
+            tables[title].append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return tables
+
+
+def assert_notebook_shows_the_workflow_tables(nb, tables_dir: Path, names=("main", "paper_delta", "significance",
+                                                                             "missing")) -> None:
+    """Every table the notebook shows equals the workflow's tables/<name>.md, cell by cell."""
+    shown = markdown_rows("\n".join(outputs(nb, "text/markdown")))
+    for name in names:
+        written = markdown_rows((tables_dir / f"{name}.md").read_text(encoding="utf-8"))
+        (title, rows), = written.items()
+        assert title in shown, (name, title, list(shown))
+        assert len(shown[title]) == len(rows), name
+        for mine, theirs in zip(shown[title], rows):
+            assert mine == theirs, (name, mine, theirs)
+
+
 def test_results_notebook(smoke_study, monkeypatch):
     nb = execute(read("results"), smoke_study, monkeypatch)
     markdown = "\n".join(outputs(nb, "text/markdown"))
     for title in ("Main results, study smoke", "Ours vs published", "Significance vs kd", "No missing runs"):
         assert title in markdown, title
+    assert_notebook_shows_the_workflow_tables(nb, smoke_study / "tables")
     assert "| ckd |" in markdown and "| kd |" in markdown
     # seed spread figure + the ckd plots figures (ablation bars, curves, cost)
     assert len(outputs(nb, "image/png")) >= 6
@@ -128,6 +158,26 @@ def test_relations_notebook(smoke_study, monkeypatch):
     for term in ("wr_pair", "wr_triple", "ltr_pair", "ltr_triple"):
         assert term in html
     assert not errors_or_warnings(nb)
+
+
+def test_results_notebook_equals_tables_made_with_another_bootstrap(tmp_path, monkeypatch):
+    """A study aggregated with 37 bootstrap draws (not the default): the notebook's significance cells,
+    intervals and p-values included, are the workflow's, cell by cell, because it reads the settings."""
+    root = tmp_path / "b37"
+    labels = [0, 1, 0, 1, 1, 0, 1, 0, 1, 1]
+    for seed in (1, 2):
+        for method, wrong, acc in (("kd", {seed, 5}, 0.8), ("ckd", {seed + 6}, 0.9)):
+            preds = [1 - y if i in wrong else y for i, y in enumerate(labels)]
+            write_run(root, "rte", "3L-384", method, seed, {"dev": {"accuracy": acc}},
+                      predictions={"dev": {"labels": labels, "final": preds, "best": preds}})
+    write_run(root, "rte", "bert-base", "finetune", 0, {"dev": {"accuracy": 0.95}}, teacher=True, params=110_000_000)
+    planned = [{"task": "rte", "student": "3L-384", "method": m, "seed": s} for m in ("kd", "ckd") for s in (1, 2)]
+    (root / "expected.json").write_text(json.dumps(planned + [{"task": "rte", "student": "bert-base",
+                                                                 "method": "teacher", "seed": 0}]))
+    assert cli(["aggregate", "--study-dir", str(root), "--bootstrap", "37", "--expected", str(root / "expected.json")]) == 0
+    assert "B=37 draws" in (root / "tables" / "significance.md").read_text()
+    nb = execute(read("results"), root, monkeypatch)
+    assert_notebook_shows_the_workflow_tables(nb, root / "tables")
 
 
 # ---------------------------------------------------------------- a broken cell fails the run
@@ -277,3 +327,20 @@ def test_relation_view_shows_what_the_losses_compare(smoke_study):
     assert all(weights > 0) and all(math.isfinite(v) for v in wr)
     for figure in (explore.wr_pair_figure(view), explore.ltr_figure(view), explore.wr_triple_figure(view)):
         assert explore.figure_png(figure).startswith(b"\x89PNG")
+
+
+def test_notebook_study_leaves_out_what_the_tables_leave_out(tmp_path):
+    """explore.load_study reads the study's expected.json as `ckd aggregate --expected` does: runs the
+    study no longer plans are not shown; without filters study_frame is the workflow's scores.csv."""
+    root = _sweep_study(tmp_path / "sweeps", seeds=(1, 2))
+    planned = [{"task": "rte", "student": "3L-384", "method": m, "seed": s} for m in ("kd", "ckd", "ckd-wr") for s in (1, 2)]
+    (root / "expected.json").write_text(json.dumps(planned))  # mrpc and the sweeps were dropped from the study
+    study = explore.load_study(root)
+    assert study.tasks == ["rte"] and study.methods == ["kd", "ckd", "ckd-wr"] and len(study.records) == 6
+    assert len(study.unplanned) == 2 * 2 * 13 - 6 and "no longer plans left out" in study.summary()
+    assert cli(["aggregate", "--study-dir", str(root), "--bootstrap", "20", "--expected", str(root / "expected.json")]) == 0
+    frame = explore.study_frame(study)
+    assert frame.equals(pd.read_csv(root / "tables" / "scores.csv", dtype=frame.dtypes.to_dict()))
+    assert set(frame.loc[frame["shown"], "method"]) == {"kd", "ckd", "ckd-wr"} and (~frame["planned"]).sum() > 0
+    filtered = explore.study_frame(explore.load_study(root, methods=["kd"]))
+    assert set(filtered["method"]) == {"kd"} and filtered["shown"].all()

@@ -95,10 +95,25 @@ def test_figures_leave_out_what_the_tables_leave_out(tmp_path: Path):
     assert "curves_sst2.png" in names and not any("rte" in name for name in names)
     assert any("left out 2 record(s) of runs the study no longer plans" in m for m in messages)
     assert any("left out 1 stale record(s)" in m for m in messages)
-    # the stale teacher is the only record with a flat history: its curve is gone from the figure's legend
     from ckd.plots import group_records
     from ckd.records import study_records
 
     shown = study_records(study, expected).records
     assert ("teacher", "bert-base", "teacher") not in group_records(shown)
-    assert len(shown) == 16
+    assert len(shown) == 12  # sst2: 2 students x (kd, ckd) x 2 seeds + 2 ckd-wr variants x 2 seeds
+
+
+def test_workflow_draws_and_tabulates_the_same_records(tmp_path: Path):
+    """The workflow's `plots` job passes the study's expected list, as its `aggregate` job does (so the
+    figures leave out stale and unplanned records as the tables do), and the aggregate job writes the
+    settings file the notebooks read."""
+    import re
+
+    from tests.conftest import snakemake
+
+    planned = snakemake("-n", "-p", "--config", f"results_dir={tmp_path}")
+    assert planned.returncode == 0, planned.stdout[-3000:]
+    commands = {m.group(1): m.group(0) for m in re.finditer(r"\bckd (plots|aggregate) --study-dir .*$", planned.stdout, re.M)}
+    expected = f"--expected {tmp_path}/smoke/expected.json "
+    assert expected in commands["aggregate"] and expected in commands["plots"], commands
+    assert f"{tmp_path}/smoke/tables/aggregate.json" in planned.stdout

@@ -35,10 +35,13 @@ ALLOWED_RAW_WRITES = {
     ("ckd/plots.py", "savefig("): "saves into a BytesIO, then atomic_write_bytes",
     ("ckd/aggregate.py", "to_csv("): "renders to a string, then atomic_write_text",
     ("ckd/explore.py", "savefig("): "renders a notebook figure into a BytesIO, never to a file",
+    ("ckd/frame.py", "to_csv("): "renders to a string, then atomic_write_text",
+    ("ckd/teacher_store.py", "np.save("): "writes into the temporary folder of atomic_directory (_write_shard)",
+    ("ckd/teacher_store.py", "write_text("): "shard.json, into the temporary folder of atomic_directory (_write_shard)",
 }
 RAW_WRITE = re.compile(
     r"\.write_text\(|\.write_bytes\(|open\([^)]*['\"][wax]b?\+?['\"]|torch\.save\(|\.to_csv\(|savefig\(|save_pretrained\(|"
-    r"json\.dump\(|SummaryWriter\(|shutil\.(?:copy|copyfile|copytree|move)\("
+    r"json\.dump\(|SummaryWriter\(|np\.save\(|shutil\.(?:copy|copyfile|copytree|move)\("
 )
 
 

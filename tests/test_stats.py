@@ -12,8 +12,8 @@ from scipy.stats import spearmanr
 from ckd.stats import (
     SeedPair,
     canonical_metric,
-    metric_value,
     mean_std,
+    metric_value,
     paired_bootstrap,
     sign_flip_test,
     weighted_regression_metric,
@@ -75,7 +75,7 @@ def _exhaustive_p(seeds, score):
         n = len(labels)
         diffs = []
         for idx in itertools.product(range(n), repeat=n):
-            pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+            pick = lambda xs, idx=idx: [xs[i] for i in idx]  # noqa: E731
             diffs.append(score(pick(labels), pick(method)) - score(pick(labels), pick(baseline)))
         per_seed.append(diffs)
     combos = [np.mean(c) for c in itertools.product(*per_seed)]
@@ -117,3 +117,46 @@ def test_sign_flip_by_hand():
     assert sign_flip_test([-1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
     assert sign_flip_test([-1.0, 2.0, 3.0], alternative="two-sided") == pytest.approx(4 / 8)
     assert sign_flip_test([1.0] * 20, n_perm=20000, seed=0) < 0.001
+
+
+def test_sign_flip_equals_enumerating_every_sign_pattern():
+    """The scipy-based test against a brute-force reference: all 2^k sign patterns of the seed differences."""
+    rng = np.random.default_rng(3)
+    for k in range(1, 8):
+        for trial in range(6):
+            d = rng.normal(0.2, 1.0, size=k).round(1 if trial % 2 else 6)
+            means = [np.mean(np.multiply(signs, d)) for signs in itertools.product((-1, 1), repeat=k)]
+            greater = np.mean([m >= d.mean() - 1e-12 for m in means])
+            two_sided = np.mean([abs(m) >= abs(d.mean()) - 1e-12 for m in means])
+            assert sign_flip_test(d) == pytest.approx(greater), d
+            assert sign_flip_test(d, alternative="two-sided") == pytest.approx(two_sided), d
+    with pytest.raises(ValueError, match="alternative"):
+        sign_flip_test([1.0, 2.0], alternative="less")
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_bootstrap_metrics_agree_with_the_reported_metrics(num_labels):
+    """stats.py scores a bootstrap draw from a confusion matrix (classification) or example weights
+    (regression); on all examples it must give what ckd.metrics (scikit-learn, scipy) reports."""
+    from ckd import metrics
+
+    rng = np.random.default_rng(num_labels)
+    for trial in range(20):
+        n = int(rng.integers(5, 60))
+        labels = rng.integers(0, num_labels, size=n)
+        predictions = np.where(rng.random(n) < 0.7, labels, rng.integers(0, num_labels, size=n))
+        if trial == 0:
+            predictions = np.zeros(n, dtype=int)  # one class predicted: MCC 0, F1 0 (no positive prediction)
+        names = ("accuracy", "mcc") + (("f1",) if num_labels == 2 else ())
+        for name in names:
+            ours = metric_value(name, labels, predictions, is_regression=False, num_labels=num_labels)
+            assert ours == pytest.approx(metrics.METRICS[name](predictions, labels), abs=1e-12), (name, trial)
+        gold = rng.normal(size=n)
+        guess = gold + rng.normal(scale=0.5, size=n)
+        if trial == 1:
+            guess = np.full(n, 2.5)  # constant predictions: both give 0, not NaN
+        if trial == 2:
+            gold, guess = np.round(gold), np.round(guess)  # ties in the ranks
+        for name in ("pearson", "spearman"):
+            ours = metric_value(name, gold, guess, is_regression=True)
+            assert ours == pytest.approx(metrics.METRICS[name](guess, gold), abs=1e-10), (name, trial)

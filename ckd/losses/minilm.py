@@ -58,18 +58,18 @@ def masked_relation_kl(
                 f"{tuple(teacher_scores.shape)}; pass the (B, n) mask of the batch"
             )
         valid = attention_mask.to(device=teacher_scores.device).bool()
-    padded_keys = ~valid[:, None, None, :]
-
-    def log_probs(scores: torch.Tensor) -> torch.Tensor:
-        filled = scores.masked_fill(padded_keys, torch.finfo(scores.dtype).min)
-        # Zero the padded entries after the log-softmax so no -inf (or huge) value reaches the KL.
-        return F.log_softmax(filled, dim=-1).masked_fill(padded_keys, 0.0)
-
-    log_t = log_probs(teacher_scores.detach())
-    log_s = log_probs(student_scores)
-    p_t = log_t.exp().masked_fill(padded_keys, 0.0)
-    per_row = (p_t * (log_t - log_s)).sum(dim=-1)  # (B, heads, n)
-    per_row = per_row.masked_fill(~valid[:, None, :], 0.0)
+    # 0 at valid keys, the most negative finite value at padded ones: their softmax weight is exactly 0
+    # (exp underflows), without the NaNs of -inf.
+    key_fill = torch.zeros(valid.shape, dtype=student_scores.dtype, device=valid.device)
+    key_fill = key_fill.masked_fill_(~valid, torch.finfo(student_scores.dtype).min)[:, None, None, :]
+    with torch.no_grad():
+        log_t = F.log_softmax(teacher_scores + key_fill.to(teacher_scores.dtype), dim=-1)
+        p_t = log_t.exp()  # exactly 0 at padded keys, so p_t * (anything finite) is 0 there
+        teacher_part = (p_t * log_t).sum(dim=-1)  # sum_k p_t log p_t
+    # KL = sum_k p_t log p_t - sum_k p_t s_k + logsumexp_k(s) (the rows of p_t sum to 1): the student's
+    # log-softmax is never materialised, and autograd of logsumexp gives softmax(s) - p_t.
+    per_row = teacher_part - (p_t * student_scores).sum(dim=-1) + torch.logsumexp(student_scores + key_fill, dim=-1)
+    per_row = per_row * valid[:, None, :]  # (B, heads, n): padded query rows contribute 0
     return per_row.sum() / (heads * valid.sum()).clamp(min=1)
 
 

@@ -9,7 +9,7 @@ rule expected_runs:
     input:
         SELECTED_CONFIGS,
     output:
-        f"{STUDY_DIR}/expected.json",
+        EXPECTED,
     params:
         runs=expected_runs(),
     log:
@@ -21,12 +21,13 @@ rule expected_runs:
 
 rule aggregate:
     input:
-        expected=f"{STUDY_DIR}/expected.json",
+        expected=EXPECTED,
         records=TEACHER_RECORDS + RUN_RECORDS,
         selected=SELECTED_SUMMARIES,
     output:
         **table_outputs(),
         settings=f"{TABLES_DIR}/aggregate.json",  # what the notebooks read (ckd.aggregate_settings)
+        scores=f"{TABLES_DIR}/scores.csv",  # the tidy runs frame (ckd.frame)
     log:
         f"{LOGS}/aggregate.log",
     params:
@@ -51,7 +52,7 @@ rule aggregate:
 
 rule plots:
     input:
-        expected=f"{STUDY_DIR}/expected.json",
+        expected=EXPECTED,
         records=TEACHER_RECORDS + RUN_RECORDS,
     output:
         report(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from ckd import paths
 from ckd.atomic import atomic_write_json
 from ckd.config import parse_value, run_fingerprint
 from ckd.errors import ConfigError
@@ -15,11 +16,13 @@ from ckd.methods import load_methods, resolve_method
 
 STUDY = config["study"]
 STUDY_DIR = str(Path(config["results_dir"]) / STUDY)
-LOGS = f"{STUDY_DIR}/logs"
-TABLES_DIR = f"{STUDY_DIR}/tables"
-PLOTS_DIR = f"{STUDY_DIR}/plots"
-TEACHER_DIR = f"{STUDY_DIR}/teachers/{{task}}/{{teacher}}/seed{{seed}}"
-RUN_DIR = f"{STUDY_DIR}/runs/{{task}}/{{student}}/{{method}}/seed{{seed}}"
+# the layout under the study folder: ckd.paths (its templates' fields are these rules' wildcards)
+LOGS = f"{STUDY_DIR}/{paths.LOGS}"
+TABLES_DIR = f"{STUDY_DIR}/{paths.TABLES}"
+PLOTS_DIR = f"{STUDY_DIR}/{paths.PLOTS}"
+EXPECTED = f"{STUDY_DIR}/{paths.EXPECTED}"
+TEACHER_DIR = f"{STUDY_DIR}/{paths.TEACHER}"
+RUN_DIR = f"{STUDY_DIR}/{paths.RUN}"
 TEACHER_LOGITS = f"{TEACHER_DIR}/train_logits.pt"
 TEACHER_CACHE = f"{TEACHER_DIR}/teacher_cache/manifest.json"  # ckd cache-teacher (study setting teacher_cache)
 
@@ -325,7 +328,7 @@ def partial_tables():
 
     if not any(Path(STUDY_DIR).glob("*/**/record.json")):
         return
-    expected = Path(STUDY_DIR, "expected.json")
+    expected = Path(EXPECTED)
     aggregate = config["aggregate"]
     command = ["ckd", "aggregate", "--study-dir", STUDY_DIR, "--out", TABLES_DIR, "--bootstrap", str(aggregate["bootstrap"]),
                "--baseline", aggregate["baseline"], "--score", aggregate["score"], "--alternative", aggregate["alternative"]]

@@ -6,11 +6,11 @@ from ckd.data.loading import SELECTION_SPLIT, selection_spec
 from ckd.search import DEFAULT_POINT, grid_points, train_keys
 
 SEARCH = config.get("search") or {}
-SEARCH_DIR = f"{STUDY_DIR}/search"
-SEARCH_RUN_DIR = f"{SEARCH_DIR}/runs/{{task}}/{{student}}/{{method}}/{{point}}/seed{{seed}}"
+SEARCH_DIR = f"{STUDY_DIR}/{paths.SEARCH}"
+SEARCH_RUN_DIR = f"{STUDY_DIR}/{paths.SEARCH_RUN}"
 SEARCH_LOGITS = f"{TEACHER_DIR}/search_train_logits.pt"  # the teacher's logits on the carved-out training set
-SELECTED = f"{SEARCH_DIR}/selected/{{task}}/{{student}}/{{method}}"
-SEARCH_PLAN = f"{SEARCH_DIR}/plan/{{task}}/{{student}}/{{method}}.json"
+SELECTED = f"{STUDY_DIR}/{paths.SELECTED}"
+SEARCH_PLAN = f"{STUDY_DIR}/{paths.SEARCH_PLAN}"
 SELECTION = SEARCH.get("selection", "carve")
 SEARCH_SEEDS = list(SEARCH.get("seeds") or [])
 SEARCH_SCORE = SEARCH.get("score", "final")
