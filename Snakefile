@@ -22,6 +22,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/search_common.smk"
+include: "workflow/rules/prefetch.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/search.smk"

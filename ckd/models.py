@@ -28,10 +28,9 @@ import torch
 from torch import nn
 
 from ckd.errors import ModelError
+from ckd.model_refs import PACKAGE_PREFIX, SYNTHETIC_TOKENIZER
 from ckd.labels import LabelMapping, align_classifier, checkpoint_label_names, label_mapping, set_task_labels
 
-PACKAGE_PREFIX = "package:"
-SYNTHETIC_TOKENIZER = "synthetic"
 INITS = ("pretrained", "random", "truncate")
 TRUNCATIONS = ("first", "alternate")
 SPEC_KEYS = {"name_or_path", "init", "layers", "hidden", "heads", "ffn", "truncate", "tokenizer", "name", "dropout"}

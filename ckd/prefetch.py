@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ckd.errors import ConfigError, DataError, ModelError
+from ckd.model_refs import is_hub_id
 
 MANIFEST_ENV = "CKD_HUB_MANIFEST"
 MANIFEST_FILE = "hub-manifest.json"
@@ -49,18 +50,6 @@ class HubItem:
 
 def prefetch_command(study_file: str | None = None) -> str:
     return f"ckd prefetch --configfile {study_file or '<study>.yaml'}"
-
-
-def is_hub_id(reference: Any) -> bool:
-    """A model reference that names a hub repository (not a local folder, a model package or the
-    synthetic tokenizer). Hub ids are `name` or `owner/name`."""
-    from ckd.models import PACKAGE_PREFIX, SYNTHETIC_TOKENIZER
-
-    if not isinstance(reference, str) or not reference or reference == SYNTHETIC_TOKENIZER:
-        return False
-    if reference.startswith((PACKAGE_PREFIX, ".", "/", "~")) or Path(reference).expanduser().exists():
-        return False
-    return reference.count("/") <= 1
 
 
 def study_items(study: Mapping[str, Any], *, glue_dir: str | None = None) -> list[HubItem]:

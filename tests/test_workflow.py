@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ckd.prefetch import study_items
 from tests.conftest import job_counts, snakemake
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +88,8 @@ def expected_jobs(config: dict) -> int:
     """The job count of a study, worked out from its grid: a teacher per (task, teacher, teacher
     seed), plus its logits cache when the study caches them (every study here has a logit-only
     method, kd); a run per (task, student, method, seed), TinyBERT being two runs; then
-    expected_runs, aggregate, plots and all."""
+    expected_runs, aggregate, plots and all; and one prefetch job when the study reads models or data
+    from the hub."""
     tasks, seeds = len(config["tasks"]), len(config["seeds"])
     teachers = tasks * len(config["teachers"]) * len(config.get("teacher_seeds") or config["seeds"])
     caches = teachers if config.get("teacher_logits") else 0
@@ -95,11 +97,13 @@ def expected_jobs(config: dict) -> int:
     for student in config["students"].values():
         methods = student.get("methods") or config["methods"]
         runs += tasks * seeds * (len(methods) + ("tinybert" in methods))
-    return teachers + caches + runs + 4
+    prefetch = 1 if study_items(config) else 0  # ckd prefetch's own list (hub models; GLUE when GLUE_DIR is unset)
+    return teachers + caches + runs + 4 + prefetch
 
 
-@pytest.mark.parametrize("study, jobs", [("paper", 580), ("glue-small", 134), ("ablation", 380)])
-def test_dry_run_plans_the_study_grid(study, jobs, tmp_path):
+@pytest.mark.parametrize("study, jobs", [("paper", 581), ("glue-small", 134), ("ablation", 380)])
+def test_dry_run_plans_the_study_grid(study, jobs, tmp_path, glue_dir):
+    """(With GLUE_DIR set, as in CI: the GLUE studies read it instead of the hub's dataset.)"""
     config = yaml.safe_load((REPO / "config" / f"{study}.yaml").read_text())
     assert expected_jobs(config) == jobs
     planned = snakemake("-n", "--configfile", f"config/{study}.yaml", "--config", f"results_dir={tmp_path}")

@@ -13,6 +13,7 @@ from ckd.atomic import atomic_write_json
 from ckd.config import parse_value, run_fingerprint
 from ckd.errors import ConfigError
 from ckd.methods import load_methods, resolve_method
+from ckd.prefetch import MANIFEST_ENV, MANIFEST_FILE, study_items
 
 STUDY = config["study"]
 STUDY_DIR = str(Path(config["results_dir"]) / STUDY)
@@ -27,6 +28,19 @@ TEACHER_LOGITS = f"{TEACHER_DIR}/train_logits.pt"
 TEACHER_CACHE = f"{TEACHER_DIR}/teacher_cache/manifest.json"  # ckd cache-teacher (study setting teacher_cache)
 
 TEACHER_SEEDS = config.get("teacher_seeds") or config["seeds"]
+
+# Hub models, tokenizers and datasets the study reads (ckd.prefetch): the local rule `prefetch`
+# (prefetch.smk) fetches them once on the submit host and pins them in HUB_MANIFEST; every training
+# job depends on it and loads them offline at the pinned revisions (HUB_ENV in its command).
+HUB_ITEMS = study_items(config)
+HUB_MANIFEST = f"{STUDY_DIR}/{MANIFEST_FILE}" if HUB_ITEMS else None
+HUB_ENV = (
+    f"{MANIFEST_ENV}={shlex.quote(str(Path(HUB_MANIFEST).resolve()))} HF_HUB_OFFLINE=1 " if HUB_ITEMS else ""
+)
+
+
+def hub_inputs(wildcards=None):
+    return {"hub_manifest": HUB_MANIFEST} if HUB_MANIFEST else {}
 # What `ckd aggregate` writes: each table in these formats.
 TABLE_FORMATS = {
     "main": ("csv", "md", "tex"),
@@ -216,7 +230,7 @@ def distill_inputs(wildcards):
     search.smk) the search's own first stage and logits."""
     method = METHODS[wildcards.method]
     point = search_point(wildcards)
-    inputs = {}
+    inputs = hub_inputs()
     if method.needs_teacher:
         inputs["teacher"] = f"{_teacher_dir(wildcards)}/record.json"
         if method.logits_only and config["teacher_logits"]:
@@ -380,12 +394,13 @@ GPU_PIN = Path(workflow.basedir).resolve() / "workflow" / "scripts" / "gpu-pin.s
 
 def ckd_launcher(rule_kind):
     """`ckd`, or `torchrun --standalone --nproc_per_node N -m ckd.cli` when the rule asks for N > 1 GPUs;
-    a GPU job starts through gpu-pin.sh, which gives it GPUs of its own outside SLURM."""
+    a GPU job starts through gpu-pin.sh, which gives it GPUs of its own outside SLURM. With hub items
+    the command runs offline against the prefetch manifest (HUB_ENV)."""
     gpus = gpus_of(rule_kind)
     command = f"torchrun --standalone --nproc_per_node {gpus} -m ckd.cli" if gpus > 1 else "ckd"
     if gpus > 0:
         command = f"bash {shlex.quote(str(GPU_PIN))} {gpus} {command}"
-    return command
+    return HUB_ENV + command
 
 
 def threads_per_process(rule_kind):

@@ -41,6 +41,7 @@ rule search_teacher_logits:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.search-logits.log",
     params:
         args=lambda wildcards: _shell(cache_logits_overrides(wildcards, search_data(DEFAULT_POINT))),
+        hub_env=HUB_ENV,
     threads: resources_of("cache_logits")["threads"]
     resources:
         mem_mb=scaled("cache_logits", "mem_mb"),
@@ -50,7 +51,7 @@ rule search_teacher_logits:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} ckd cache-logits {params.args} --out {output.logits} > {log} 2>&1"
+        "{params.hub_env}OMP_NUM_THREADS={threads} ckd cache-logits {params.args} --out {output.logits} > {log} 2>&1"
 
 
 rule search_plan:

@@ -10,6 +10,8 @@
 
 
 rule finetune_teacher:
+    input:
+        unpack(hub_inputs),
     output:
         record=f"{TEACHER_DIR}/record.json",
     log:
@@ -39,6 +41,7 @@ rule cache_teacher_logits:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.logits.log",
     params:
         args=cache_logits_args,
+        hub_env=HUB_ENV,
     threads: resources_of("cache_logits")["threads"]
     resources:
         mem_mb=scaled("cache_logits", "mem_mb"),
@@ -49,7 +52,7 @@ rule cache_teacher_logits:
         "../../environment.yml"
     shell:
         # cache-logits does not set torch threads itself
-        "OMP_NUM_THREADS={threads} ckd cache-logits {params.args} --out {output.logits} > {log} 2>&1"
+        "{params.hub_env}OMP_NUM_THREADS={threads} ckd cache-logits {params.args} --out {output.logits} > {log} 2>&1"
 
 
 rule cache_teacher:
@@ -61,6 +64,7 @@ rule cache_teacher:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.teacher_cache.log",
     params:
         args=cache_teacher_args,
+        hub_env=HUB_ENV,
         folder=lambda wildcards: str(Path(TEACHER_CACHE.format(**wildcards)).parent),
     threads: resources_of("cache_logits")["threads"]
     resources:
@@ -72,4 +76,4 @@ rule cache_teacher:
         "../../environment.yml"
     shell:
         # a killed build resumes from its finished shards (the folder is not an output Snakemake deletes)
-        "OMP_NUM_THREADS={threads} ckd cache-teacher {params.args} --out {params.folder} > {log} 2>&1"
+        "{params.hub_env}OMP_NUM_THREADS={threads} ckd cache-teacher {params.args} --out {params.folder} > {log} 2>&1"
