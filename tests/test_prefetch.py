@@ -4,6 +4,7 @@ reaches the internet: HF_ENDPOINT points at the local server."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -151,3 +152,16 @@ def test_study_items_skip_local_models_and_glue_folders(tmp_path):
     items = study_items({**study, "data": {"source": "hub"}})
     glue = next(i for i in items if i.repo_type == "dataset")
     assert glue.repo_id == "nyu-mll/glue" and glue.allow_patterns == ["README.md", "rte/*"]
+
+
+def test_the_workflow_prefetches_first_and_every_job_runs_offline_pinned(tmp_path, glue_dir):
+    from tests.conftest import job_counts, snakemake
+
+    planned = snakemake("-n", "-p", "--configfile", "config/paper.yaml", "--config", f"results_dir={tmp_path}")
+    assert planned.returncode == 0, planned.stdout[-3000:]
+    assert job_counts(planned.stdout)["prefetch"] == 1
+    commands = [line for line in planned.stdout.splitlines()
+                if line.startswith("Shell command:") and re.search(r" ckd (finetune|distill|cache-)", line)]
+    assert len(commands) >= job_counts(planned.stdout)["finetune_teacher"] + job_counts(planned.stdout)["distill"]
+    manifest = tmp_path / "paper" / "hub-manifest.json"
+    assert all(f"CKD_HUB_MANIFEST={manifest} HF_HUB_OFFLINE=1 " in line for line in commands)
