@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ckd.aggregate import cell, flatten_options, fmt_num, is_ckd_variant, method_changes, method_sort_key
+from ckd.aggregate import cell, changes_text, flatten_options, fmt_num, is_ckd_variant, method_changes, method_sort_key
 from ckd.plots import agg_figure
 from ckd.records import row_method_base
 
@@ -51,12 +51,6 @@ def _family(changed: dict, dropped: list, added: list) -> tuple[str, str | None,
         if leaf in WEIGHT_SETTINGS or "weight" in key:
             return "weights", key, value
     return "other", None, None
-
-
-def _changes_text(changed: dict, dropped: list, added: list) -> str:
-    parts = [", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(changed.items()))]
-    parts += [f"drops {', '.join(dropped)}" if dropped else "", f"adds {', '.join(added)}" if added else ""]
-    return "; ".join(p for p in parts if p) or "(no recorded difference)"
 
 
 def _setting_of(runs: list[dict], task: str, key: str):
@@ -105,7 +99,7 @@ def ablation_frame(study: Study, score: str = "final") -> pd.DataFrame:
                 exceeds = None if not (math.isfinite(pooled) and math.isfinite(delta)) else bool(abs(delta) > pooled)
                 rows.append({"student": student, "column": column.name, "metric": column.metric, "method": key[2],
                              "family": family, "setting": setting, "value": value,
-                             "changes": _changes_text(changed, dropped, added), "mean": mean, "std": std, "n": n,
+                             "changes": changes_text(changed, dropped, added), "mean": mean, "std": std, "n": n,
                              "ckd_mean": fm if fn else math.nan, "ckd_std": fs if fn else math.nan, "ckd_n": fn,
                              "delta": delta, "pooled_std": pooled, "exceeds": exceeds})
     columns = ["student", "column", "metric", "method", "family", "setting", "value", "changes", "mean", "std", "n",

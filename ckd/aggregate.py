@@ -242,11 +242,15 @@ def method_changes(runs: list[dict], base_runs: list[dict]) -> tuple[dict, list[
     return changed, sorted(base_terms - mine_terms), sorted(mine_terms - base_terms)
 
 
-def _changes(runs: list[dict], base_runs: list[dict]) -> str:
-    changed, dropped, added = method_changes(runs, base_runs)
+def changes_text(changed: dict, dropped: list, added: list) -> str:
+    """`method_changes` in words: "window=5; drops ltr_pair" ("(no recorded difference)" when none)."""
     parts = [", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(changed.items()))]
     parts += [f"drops {', '.join(dropped)}" if dropped else "", f"adds {', '.join(added)}" if added else ""]
     return "; ".join(p for p in parts if p) or "(no recorded difference)"
+
+
+def _changes(runs: list[dict], base_runs: list[dict]) -> str:
+    return changes_text(*method_changes(runs, base_runs))
 
 
 # ---------------------------------------------------------------- main table
