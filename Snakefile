@@ -39,12 +39,12 @@ onstart:
 # The run records are targets too: a deleted record.json is re-made (and the tables and plots after
 # it) even though the tables that read it are still present.
 rule all:
+    default_target: True
     input:
         TEACHER_RECORDS,
         RUN_RECORDS,
         TABLES,
         PLOTS_DIR,
-    default_target: True
 
 
 onerror:

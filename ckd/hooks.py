@@ -13,7 +13,7 @@ forward pass stay readable afterwards and keep their autograd graph.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -86,7 +86,7 @@ class AttentionCapture:
             )
         return layer % self.num_layers
 
-    def __enter__(self) -> "AttentionCapture":
+    def __enter__(self) -> AttentionCapture:
         self._store.clear()
         try:
             for i in self.layers:

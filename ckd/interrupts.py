@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -29,7 +29,7 @@ class InterruptFlag:
         self._second_interrupt_stops = second_interrupt_stops
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "InterruptFlag":
+    def __enter__(self) -> InterruptFlag:
         for signum in SIGNALS:
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -21,8 +21,9 @@ caches, a saved copy read by `transformers.pipeline`) sees task order and the ri
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -7,9 +7,9 @@ Every map is written to the run record with ``LayerMap.to_record()``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import gcd
-from typing import Sequence
 
 from ckd.errors import ConfigError, ModelError
 

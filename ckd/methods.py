@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import os
-from importlib import resources
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ckd.config import load_yaml
 from ckd.errors import ConfigError

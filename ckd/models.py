@@ -20,16 +20,17 @@ import copy
 import importlib
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from ckd.errors import ModelError
-from ckd.model_refs import PACKAGE_PREFIX, SYNTHETIC_TOKENIZER
 from ckd.labels import LabelMapping, align_classifier, checkpoint_label_names, label_mapping, set_task_labels
+from ckd.model_refs import PACKAGE_PREFIX, SYNTHETIC_TOKENIZER
 
 INITS = ("pretrained", "random", "truncate")
 TRUNCATIONS = ("first", "alternate")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ class Batch:
 TermFn = Callable[["Objective", Term, Batch, Outputs, Outputs | None], torch.Tensor]
 
 
-def _mapped(obj: "Objective", student: Outputs, teacher: Outputs) -> tuple[list, list]:
+def _mapped(obj: Objective, student: Outputs, teacher: Outputs) -> tuple[list, list]:
     return obj.map.select(teacher.hidden_states, student.hidden_states)
 
 

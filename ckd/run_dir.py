@@ -28,9 +28,10 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ckd import __version__
 from ckd.atomic import TMP_SUFFIX, OutputError, atomic_write_json, output_error, recover_directory, remove_stale_temporaries
@@ -205,7 +206,7 @@ class RunLock:
     fd: int | None
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> "RunLock":
+    def acquire(cls, run_dir: Path) -> RunLock:
         path = run_dir / LOCK_FILE
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)

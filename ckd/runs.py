@@ -26,8 +26,9 @@ from ckd.methods import ResolvedMethod, Term, load_methods, resolve_method
 from ckd.models import build_model, check_same_tokenizer, describe, save_model
 from ckd.objectives import TERMS, Batch, Objective, Outputs
 from ckd.pause import pause_point
-from ckd.run_dir import RunFolder, claim as claim_run_folder, finished_record, tidy_finished
-from ckd.run_record import RECORD_FILE, PREDICTIONS_FILE, build_record, predictions_payload
+from ckd.run_dir import RunFolder, finished_record, tidy_finished
+from ckd.run_dir import claim as claim_run_folder
+from ckd.run_record import PREDICTIONS_FILE, RECORD_FILE, build_record, predictions_payload
 from ckd.teacher_cache import load_teacher_logits, rebuild_command, teacher_logits_key
 from ckd.train import TrainSetup, train
 

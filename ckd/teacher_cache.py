@@ -14,8 +14,9 @@ import contextlib
 import json
 import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

@@ -9,7 +9,6 @@ every term that is not a per-example mean; see `test_example_share_weighting_is_
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

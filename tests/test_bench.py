@@ -17,7 +17,6 @@ from benchmarks.terms import TERMS, make_inputs, term_call
 from ckd.losses import relations
 from tests.test_relations import make_batch
 
-
 VARIANTS = [("wr_pair", {}), ("ltr_pair", {}), ("ltr_triple", {}), ("wr_triple", {}), ("wr_triple", {"window": 3}),
             ("wr_triple", {"window": 5, "released_window_quirks": True}), ("wr_triple", {"window": None})]
 

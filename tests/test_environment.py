@@ -3,8 +3,8 @@ pyproject.toml's. Conda channels are not reachable from the build machines, so t
 file's structure, not a resolve."""
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 
 from tests.conftest import REPO

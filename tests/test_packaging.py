@@ -4,8 +4,9 @@ wheel carries the methods file."""
 import json
 import subprocess
 import sys
-import tomllib
 import zipfile
+
+import tomllib
 
 from tests.conftest import REPO
 

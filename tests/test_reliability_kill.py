@@ -247,7 +247,7 @@ def teacher(tmp_path_factory) -> Path:
 def print_report():
     yield
     if REPORT:
-        print("\nkill-and-resume log (CKD_KILL_SEED=%d):\n  " % KILL_SEED + "\n  ".join(REPORT))
+        print(f"\nkill-and-resume log (CKD_KILL_SEED={KILL_SEED}):\n  " + "\n  ".join(REPORT))
 
 
 @pytest.mark.slow

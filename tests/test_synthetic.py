@@ -7,8 +7,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from ckd.data.loading import data_fingerprint, load_split
-from ckd.data.synthetic import (SPECIAL_TOKENS, generate_split, synthetic_tokenizer, synthetic_vocab,
-                                synthetic_word_list, synthetic_words)
+from ckd.data.synthetic import SPECIAL_TOKENS, generate_split, synthetic_tokenizer, synthetic_vocab, synthetic_word_list, synthetic_words
 from ckd.data.tasks import get_task
 from ckd.errors import DataError
 

@@ -15,7 +15,13 @@ import torch
 from transformers import AutoTokenizer
 
 from ckd.cache_key import (
-    CACHE_FORMAT, CacheError, check_key, fingerprint_inputs, fingerprint_model, fingerprint_tokenizer, read_info,
+    CACHE_FORMAT,
+    CacheError,
+    check_key,
+    fingerprint_inputs,
+    fingerprint_model,
+    fingerprint_tokenizer,
+    read_info,
     remove_own_temporaries,
 )
 from ckd.cli import main as cli

@@ -7,8 +7,8 @@ padded to its own longest row, which keeps short-sentence tasks cheap.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 

@@ -16,7 +16,7 @@ Normaliser: B (examples), under both reductions.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -26,7 +26,7 @@ conventions and normalisers are stated per function and in docs/methods.md.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

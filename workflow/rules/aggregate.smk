@@ -10,11 +10,11 @@ rule expected_runs:
         SELECTED_CONFIGS,
     output:
         EXPECTED,
-    params:
-        runs=expected_runs(),
     log:
         f"{LOGS}/expected_runs.log",
     localrule: True
+    params:
+        runs=expected_runs(),
     run:
         atomic_write_json(output[0], expected_runs())
 
@@ -30,6 +30,13 @@ rule aggregate:
         scores=f"{TABLES_DIR}/scores.csv",  # the tidy runs frame (ckd.frame)
     log:
         f"{LOGS}/aggregate.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    threads: resources_of("aggregate")["threads"]
+    resources:
+        mem_mb=resources_of("aggregate")["mem_mb"],
+        runtime=resources_of("aggregate")["runtime"],
     params:
         study_dir=lambda wildcards, input: Path(input.expected).parent,
         out=lambda wildcards, output: Path(output.main_csv).parent,
@@ -37,13 +44,6 @@ rule aggregate:
         baseline=config["aggregate"]["baseline"],
         bootstrap=config["aggregate"]["bootstrap"],
         alternative=config["aggregate"]["alternative"],
-    threads: resources_of("aggregate")["threads"]
-    resources:
-        mem_mb=resources_of("aggregate")["mem_mb"],
-        runtime=resources_of("aggregate")["runtime"],
-    localrule: True
-    conda:
-        "../../environment.yml"
     shell:
         "ckd aggregate --study-dir {params.study_dir:q} --out {params.out:q} --expected {input.expected:q}"
         " --score {params.score} --baseline {params.baseline:q} --bootstrap {params.bootstrap}"
@@ -64,16 +64,16 @@ rule plots:
         ),
     log:
         f"{LOGS}/plots.log",
-    params:
-        study_dir=lambda wildcards, output: Path(output[0]).parent,
-        score=config["aggregate"]["score"],
+    localrule: True
+    conda:
+        "../../environment.yml"
     threads: resources_of("aggregate")["threads"]
     resources:
         mem_mb=resources_of("aggregate")["mem_mb"],
         runtime=resources_of("aggregate")["runtime"],
-    localrule: True
-    conda:
-        "../../environment.yml"
+    params:
+        study_dir=lambda wildcards, output: Path(output[0]).parent,
+        score=config["aggregate"]["score"],
     shell:
         "ckd plots --study-dir {params.study_dir:q} --out {output:q} --expected {input.expected:q}"
         " --score {params.score} > {log} 2>&1"

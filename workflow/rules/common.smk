@@ -35,12 +35,16 @@ TEACHER_SEEDS = config.get("teacher_seeds") or config["seeds"]
 HUB_ITEMS = study_items(config)
 HUB_MANIFEST = f"{STUDY_DIR}/{MANIFEST_FILE}" if HUB_ITEMS else None
 HUB_ENV = (
-    f"{MANIFEST_ENV}={shlex.quote(str(Path(HUB_MANIFEST).resolve()))} HF_HUB_OFFLINE=1 " if HUB_ITEMS else ""
+    f"{MANIFEST_ENV}={shlex.quote(str(Path(HUB_MANIFEST).resolve()))} HF_HUB_OFFLINE=1 "
+    if HUB_ITEMS
+    else ""
 )
 
 
 def hub_inputs(wildcards=None):
     return {"hub_manifest": HUB_MANIFEST} if HUB_MANIFEST else {}
+
+
 # What `ckd aggregate` writes: each table in these formats.
 TABLE_FORMATS = {
     "main": ("csv", "md", "tex"),
@@ -51,15 +55,31 @@ TABLE_FORMATS = {
     "missing": ("csv", "md"),
     "runs": ("csv",),
 }
-TABLES = [f"{TABLES_DIR}/{name}.{ext}" for name, formats in TABLE_FORMATS.items() for ext in formats]
+TABLES = [
+    f"{TABLES_DIR}/{name}.{ext}"
+    for name, formats in TABLE_FORMATS.items()
+    for ext in formats
+]
 # Terms that read only the teacher's logits: methods made of these can use a cached logits file.
 # Written out so that parsing the workflow does not import torch; tests/test_methods.py checks it
 # against ckd.objectives.TERMS.
 LOGIT_TERMS = {"task", "kd", "kd_released", "tinybert_prediction"}
 # Terms a teacher cache serves (ckd.teacher_store.term_fields; the WR triple not under released_window_quirks).
-CACHE_TERMS = LOGIT_TERMS | {"wr_pair", "wr_triple", "ltr_pair", "ltr_triple", "pkd", "minilm_attention", "minilm_value"}
+CACHE_TERMS = LOGIT_TERMS | {
+    "wr_pair",
+    "wr_triple",
+    "ltr_pair",
+    "ltr_triple",
+    "pkd",
+    "minilm_attention",
+    "minilm_value",
+}
 
-Method = namedtuple("Method", "name base options needs_teacher after logits_only cached", defaults=(False,))
+Method = namedtuple(
+    "Method",
+    "name base options needs_teacher after logits_only cached",
+    defaults=(False,),
+)
 
 
 def _fail(message):
@@ -72,15 +92,27 @@ def _method(name, document):
     where = f"variants.{name}" if variant else f"method {name!r}"
     try:
         resolved = resolve_method(
-            document, base, config["tasks"][0], use_task_settings=config["use_task_settings"], options=options
+            document,
+            base,
+            config["tasks"][0],
+            use_task_settings=config["use_task_settings"],
+            options=options,
         )
     except ConfigError as error:
         _fail(f"{where}: {error}")
     terms = {term.name for term in resolved.terms}
     logits_only = resolved.needs_teacher and terms <= LOGIT_TERMS
-    cached = resolved.needs_teacher and terms <= CACHE_TERMS and not any(
-        term.name == "wr_triple" and term.options.get("released_window_quirks") for term in resolved.terms)
-    return Method(name, base, options, resolved.needs_teacher, resolved.after, logits_only, cached)
+    cached = (
+        resolved.needs_teacher
+        and terms <= CACHE_TERMS
+        and not any(
+            term.name == "wr_triple" and term.options.get("released_window_quirks")
+            for term in resolved.terms
+        )
+    )
+    return Method(
+        name, base, options, resolved.needs_teacher, resolved.after, logits_only, cached
+    )
 
 
 def _plan_methods():
@@ -90,7 +122,9 @@ def _plan_methods():
         names += [m for m in spec.get("methods", []) if m not in names]
     for name in config["variants"]:
         if name in document["methods"]:
-            _fail(f"variants.{name}: the name is already a method of {document['_path']}; pick another")
+            _fail(
+                f"variants.{name}: the name is already a method of {document['_path']}; pick another"
+            )
     methods = {name: _method(name, document) for name in names}
     for name in config["variants"]:  # checked even when no student runs them
         _method(name, document)
@@ -107,10 +141,17 @@ def _plan_students():
     for name, spec in config["students"].items():
         teacher = spec.get("teacher") or (teachers[0] if len(teachers) == 1 else None)
         if teacher is None:
-            _fail(f"students.{name}.teacher: the study has several teachers ({', '.join(teachers)}); name one")
+            _fail(
+                f"students.{name}.teacher: the study has several teachers ({', '.join(teachers)}); name one"
+            )
         if teacher not in config["teachers"]:
-            _fail(f"students.{name}.teacher: {teacher!r} is not one of the teachers ({', '.join(teachers)})")
-        plan[name] = {"teacher": teacher, "methods": list(spec.get("methods") or config["methods"])}
+            _fail(
+                f"students.{name}.teacher: {teacher!r} is not one of the teachers ({', '.join(teachers)})"
+            )
+        plan[name] = {
+            "teacher": teacher,
+            "methods": list(spec.get("methods") or config["methods"]),
+        }
     return plan
 
 
@@ -124,10 +165,14 @@ def data_note():
     glue = [t for t in config["tasks"] if not t.startswith("syn-")]
     notes = []
     if synthetic:
-        notes.append(f"synthetic data generated by ckd for {', '.join(synthetic)} (no GLUE text)")
+        notes.append(
+            f"synthetic data generated by ckd for {', '.join(synthetic)} (no GLUE text)"
+        )
     if glue:
         source = config["data"].get("source", "auto")
-        notes.append(f"GLUE data for {', '.join(glue)} (data.source {source}; GLUE_DIR={os.environ.get('GLUE_DIR') or 'unset'})")
+        notes.append(
+            f"GLUE data for {', '.join(glue)} (data.source {source}; GLUE_DIR={os.environ.get('GLUE_DIR') or 'unset'})"
+        )
     return f"study {STUDY} in {STUDY_DIR}: " + "; ".join(notes)
 
 
@@ -157,12 +202,23 @@ def run_record(task, student, method, seed):
 
 
 # The grid: (task, teacher, seed) teachers and (task, student, method, seed) runs.
-TEACHER_GRID = [(t, name, s) for t in config["tasks"] for name in config["teachers"] for s in TEACHER_SEEDS]
+TEACHER_GRID = [
+    (t, name, s)
+    for t in config["tasks"]
+    for name in config["teachers"]
+    for s in TEACHER_SEEDS
+]
 RUN_GRID = [
-    (t, name, m, s) for t in config["tasks"] for name in STUDENTS for m in student_runs(name) for s in config["seeds"]
+    (t, name, m, s)
+    for t in config["tasks"]
+    for name in STUDENTS
+    for m in student_runs(name)
+    for s in config["seeds"]
 ]
 TEACHER_RECORDS = [teacher_record(*key) for key in TEACHER_GRID]
 RUN_RECORDS = [run_record(*key) for key in RUN_GRID]
+
+
 def _alternatives(names):
     return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
 
@@ -189,7 +245,14 @@ def _shell(args):
     return " ".join(shlex.quote(arg) for arg in args)
 
 
-def _common_args(task, seed, output_dir=None, train_overrides=None, drop_train=(), data_overrides=None):
+def _common_args(
+    task,
+    seed,
+    output_dir=None,
+    train_overrides=None,
+    drop_train=(),
+    data_overrides=None,
+):
     """drop_train: train keys a searched method's grid sets (lr, epochs); data_overrides: a search run's
     data.selection_split (search.smk)."""
     train = {"progress": False, **config["train"], **(train_overrides or {})}
@@ -197,7 +260,10 @@ def _common_args(task, seed, output_dir=None, train_overrides=None, drop_train=(
     args = [_arg("study", STUDY), _arg("task", task), _arg("seed", int(seed))]
     if output_dir is not None:
         args.append(_arg("output_dir", output_dir))
-    args += [_arg(f"data.{key}", value) for key, value in {**config["data"], **(data_overrides or {})}.items()]
+    args += [
+        _arg(f"data.{key}", value)
+        for key, value in {**config["data"], **(data_overrides or {})}.items()
+    ]
     args += [_arg(f"train.{key}", value) for key, value in train.items()]
     return args
 
@@ -209,7 +275,9 @@ def _model(spec, name):
 def finetune_overrides(wildcards):
     teacher = config["teachers"][wildcards.teacher]
     output_dir = TEACHER_DIR.format(**wildcards)
-    args = _common_args(wildcards.task, wildcards.seed, output_dir, teacher.get("train"))
+    args = _common_args(
+        wildcards.task, wildcards.seed, output_dir, teacher.get("train")
+    )
     args.append(_arg("model", _model(teacher["model"], wildcards.teacher)))
     return args
 
@@ -234,38 +302,70 @@ def distill_inputs(wildcards):
     if method.needs_teacher:
         inputs["teacher"] = f"{_teacher_dir(wildcards)}/record.json"
         if method.logits_only and config["teacher_logits"]:
-            inputs["logits"] = f"{_teacher_dir(wildcards)}/{Path(teacher_logits_file(point)).name}"
-        elif reads_teacher_cache(method) and (point is None or SELECTION != "carve"):  # carved runs train on fewer examples
-            inputs["teacher_cache"] = f"{_teacher_dir(wildcards)}/teacher_cache/manifest.json"  # TEACHER_CACHE
+            inputs["logits"] = (
+                f"{_teacher_dir(wildcards)}/{Path(teacher_logits_file(point)).name}"
+            )
+        elif reads_teacher_cache(method) and (
+            point is None or SELECTION != "carve"
+        ):  # carved runs train on fewer examples
+            inputs["teacher_cache"] = (
+                f"{_teacher_dir(wildcards)}/teacher_cache/manifest.json"  # TEACHER_CACHE
+            )
     if method.after:
         if point is None:
-            inputs["stage1"] = run_record(wildcards.task, wildcards.student, method.after, wildcards.seed)
+            inputs["stage1"] = run_record(
+                wildcards.task, wildcards.student, method.after, wildcards.seed
+            )
         else:
-            inputs["stage1"] = search_record(wildcards.task, wildcards.student, method.after, DEFAULT_POINT, wildcards.seed)
+            inputs["stage1"] = search_record(
+                wildcards.task,
+                wildcards.student,
+                method.after,
+                DEFAULT_POINT,
+                wildcards.seed,
+            )
     if point is None and method.name in SEARCHED:
-        inputs["selected"] = selected_config(wildcards.task, wildcards.student, method.name)
+        inputs["selected"] = selected_config(
+            wildcards.task, wildcards.student, method.name
+        )
     return inputs
 
 
 def distill_overrides(wildcards):
     """The `ckd distill` overrides of a run; a searched method's report run takes its method_options
-    from the selected settings (`-c`, distill_args) and a search run from its grid point."""
+    from the selected settings (`-c`, distill_args) and a search run from its grid point.
+    """
     method = METHODS[wildcards.method]
     student = config["students"][wildcards.student]
     point = search_point(wildcards)
     output_dir = (RUN_DIR if point is None else SEARCH_RUN_DIR).format(**wildcards)
-    args = _common_args(wildcards.task, wildcards.seed, output_dir, drop_train=SEARCH_TRAIN_KEYS.get(method.name, ()),
-                        data_overrides=search_data(point), train_overrides=search_train(point, method))
-    args += [_arg("method", method.base), _arg("use_task_settings", config["use_task_settings"])]
+    args = _common_args(
+        wildcards.task,
+        wildcards.seed,
+        output_dir,
+        drop_train=SEARCH_TRAIN_KEYS.get(method.name, ()),
+        data_overrides=search_data(point),
+        train_overrides=search_train(point, method),
+    )
+    args += [
+        _arg("method", method.base),
+        _arg("use_task_settings", config["use_task_settings"]),
+    ]
     if method.name != method.base:
         args.append(_arg("method_name", method.name))
-    options = method.options if point is None else {**method.options, **POINT_OPTIONS[(method.name, point)]}
+    options = (
+        method.options
+        if point is None
+        else {**method.options, **POINT_OPTIONS[(method.name, point)]}
+    )
     if options and not (point is None and method.name in SEARCHED):
         args.append(_arg("method_options", options))
     args.append(_arg("student", _model(student["model"], wildcards.student)))
     inputs = distill_inputs(wildcards)
     if "teacher" in inputs:
-        args.append(_arg("teacher", {"name_or_path": f"{_teacher_dir(wildcards)}/model"}))
+        args.append(
+            _arg("teacher", {"name_or_path": f"{_teacher_dir(wildcards)}/model"})
+        )
     if "logits" in inputs:
         args.append(_arg("teacher_logits", inputs["logits"]))
     if "teacher_cache" in inputs:
@@ -283,7 +383,9 @@ def distill_args(wildcards):
 def cache_logits_overrides(wildcards, data_overrides=None):
     """The data and teacher of the distillation runs that will read the logits file."""
     args = _common_args(wildcards.task, wildcards.seed, data_overrides=data_overrides)
-    args.append(_arg("teacher", {"name_or_path": f"{TEACHER_DIR.format(**wildcards)}/model"}))
+    args.append(
+        _arg("teacher", {"name_or_path": f"{TEACHER_DIR.format(**wildcards)}/model"})
+    )
     return args
 
 
@@ -293,17 +395,38 @@ def cache_logits_args(wildcards):
 
 def reads_teacher_cache(method):
     """Whether a method's runs read the (task, teacher) teacher cache: study setting teacher_cache, a method
-    whose teacher terms it serves (a logit-only one reads the logits file instead when teacher_logits is on)."""
-    return bool(config.get("teacher_cache")) and method.cached and not (method.logits_only and config["teacher_logits"])
+    whose teacher terms it serves (a logit-only one reads the logits file instead when teacher_logits is on).
+    """
+    return (
+        bool(config.get("teacher_cache"))
+        and method.cached
+        and not (method.logits_only and config["teacher_logits"])
+    )
 
 
 def cache_teacher_args(wildcards):
     """cache-logits' data and teacher, the methods of this teacher's students that read the cache, and those students."""
-    students = [name for name, plan in STUDENTS.items() if plan["teacher"] == wildcards.teacher]
-    methods = sorted({METHODS[m].base for s in students for m in STUDENTS[s]["methods"] if reads_teacher_cache(METHODS[m])})
+    students = [
+        name for name, plan in STUDENTS.items() if plan["teacher"] == wildcards.teacher
+    ]
+    methods = sorted(
+        {
+            METHODS[m].base
+            for s in students
+            for m in STUDENTS[s]["methods"]
+            if reads_teacher_cache(METHODS[m])
+        }
+    )
     specs = [config["students"][s]["model"] for s in students]
-    return _shell(cache_logits_overrides(wildcards)
-                  + ["--methods", ",".join(methods), "--students", json.dumps(specs, separators=(",", ":"))])
+    return _shell(
+        cache_logits_overrides(wildcards)
+        + [
+            "--methods",
+            ",".join(methods),
+            "--students",
+            json.dumps(specs, separators=(",", ":")),
+        ]
+    )
 
 
 class _Wildcards(dict):
@@ -318,12 +441,20 @@ class _Wildcards(dict):
 
 def expected_runs():
     """`ckd aggregate --expected`: every run of the grid with the config fingerprint its record will carry
-    (a record with another fingerprint is stale). Teachers are listed as method "teacher" under their name."""
+    (a record with another fingerprint is stale). Teachers are listed as method "teacher" under their name.
+    """
     runs = []
     for task, name, seed in TEACHER_GRID:
         overrides = finetune_overrides(_Wildcards(task=task, teacher=name, seed=seed))
-        runs.append({"task": task, "student": name, "method": "teacher", "seed": seed,
-                     "config_fingerprint": run_fingerprint("finetune", overrides)})
+        runs.append(
+            {
+                "task": task,
+                "student": name,
+                "method": "teacher",
+                "seed": seed,
+                "config_fingerprint": run_fingerprint("finetune", overrides),
+            }
+        )
     for task, name, method, seed in RUN_GRID:
         wildcards = _Wildcards(task=task, student=name, method=method, seed=seed)
         overrides = distill_overrides(wildcards)
@@ -332,7 +463,15 @@ def expected_runs():
         fingerprint = None
         if selected is None or Path(selected).is_file():
             fingerprint = run_fingerprint("distill", overrides, selected)
-        runs.append({"task": task, "student": name, "method": method, "seed": seed, "config_fingerprint": fingerprint})
+        runs.append(
+            {
+                "task": task,
+                "student": name,
+                "method": method,
+                "seed": seed,
+                "config_fingerprint": fingerprint,
+            }
+        )
     return runs
 
 
@@ -344,8 +483,22 @@ def partial_tables():
         return
     expected = Path(EXPECTED)
     aggregate = config["aggregate"]
-    command = ["ckd", "aggregate", "--study-dir", STUDY_DIR, "--out", TABLES_DIR, "--bootstrap", str(aggregate["bootstrap"]),
-               "--baseline", aggregate["baseline"], "--score", aggregate["score"], "--alternative", aggregate["alternative"]]
+    command = [
+        "ckd",
+        "aggregate",
+        "--study-dir",
+        STUDY_DIR,
+        "--out",
+        TABLES_DIR,
+        "--bootstrap",
+        str(aggregate["bootstrap"]),
+        "--baseline",
+        aggregate["baseline"],
+        "--score",
+        aggregate["score"],
+        "--alternative",
+        aggregate["alternative"],
+    ]
     if expected.is_file():
         command += ["--expected", str(expected)]
     Path(LOGS).mkdir(parents=True, exist_ok=True)
@@ -397,7 +550,11 @@ def ckd_launcher(rule_kind):
     a GPU job starts through gpu-pin.sh, which gives it GPUs of its own outside SLURM. With hub items
     the command runs offline against the prefetch manifest (HUB_ENV)."""
     gpus = gpus_of(rule_kind)
-    command = f"torchrun --standalone --nproc_per_node {gpus} -m ckd.cli" if gpus > 1 else "ckd"
+    command = (
+        f"torchrun --standalone --nproc_per_node {gpus} -m ckd.cli"
+        if gpus > 1
+        else "ckd"
+    )
     if gpus > 0:
         command = f"bash {shlex.quote(str(GPU_PIN))} {gpus} {command}"
     return HUB_ENV + command
@@ -406,4 +563,3 @@ def ckd_launcher(rule_kind):
 def threads_per_process(rule_kind):
     """train.threads of each process: the job's threads shared among its torchrun processes."""
     return max(1, int(resources_of(rule_kind)["threads"]) // max(1, gpus_of(rule_kind)))
-

@@ -10,18 +10,18 @@ rule distill:
         record=f"{RUN_DIR}/record.json",
     log:
         f"{LOGS}/runs/{{task}}/{{student}}/{{method}}/seed{{seed}}.log",
-    params:
-        args=distill_args,
-        launch=ckd_launcher("distill"),
-        threads=threads_per_process("distill"),
+    retries: config.get("retries")
+    conda:
+        "../../environment.yml"
     threads: resources_of("distill")["threads"]
     resources:
         mem_mb=scaled("distill", "mem_mb"),
         runtime=scaled("distill", "runtime"),
         gpu=gpus_of("distill"),
-    retries: config.get("retries")
-    conda:
-        "../../environment.yml"
+    params:
+        args=distill_args,
+        launch=ckd_launcher("distill"),
+        threads=threads_per_process("distill"),
     shell:
         # ckd_launcher, scaled: the end of common.smk
         "{params.launch} distill {params.args} train.threads={params.threads} > {log} 2>&1"

@@ -18,5 +18,9 @@ if HUB_ITEMS:
             from ckd.prefetch import prefetch
 
             with open(log[0], "w") as stream:
-                manifest = prefetch(HUB_ITEMS, study=STUDY, log=lambda line: print(line, file=stream, flush=True))
+                manifest = prefetch(
+                    HUB_ITEMS,
+                    study=STUDY,
+                    log=lambda line: print(line, file=stream, flush=True),
+                )
             atomic_write_json(output.manifest, manifest)

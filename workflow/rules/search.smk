@@ -7,6 +7,7 @@
 # Search runs are ordinary jobs: a cluster runs them in parallel, an interrupted search resumes.
 # The plan and helpers: search_common.smk.
 
+
 rule search_distill:
     # one grid point x search seed (or a chained method's first stage) of a search
     input:
@@ -15,18 +16,18 @@ rule search_distill:
         record=f"{SEARCH_RUN_DIR}/record.json",
     log:
         f"{LOGS}/search/{{task}}/{{student}}/{{method}}/{{point}}/seed{{seed}}.log",
-    params:
-        args=distill_args,
-        launch=ckd_launcher("distill"),
-        threads=threads_per_process("distill"),
+    retries: config.get("retries")
+    conda:
+        "../../environment.yml"
     threads: resources_of("distill")["threads"]
     resources:
         mem_mb=scaled("distill", "mem_mb"),
         runtime=scaled("distill", "runtime"),
         gpu=gpus_of("distill"),
-    retries: config.get("retries")
-    conda:
-        "../../environment.yml"
+    params:
+        args=distill_args,
+        launch=ckd_launcher("distill"),
+        threads=threads_per_process("distill"),
     shell:
         "{params.launch} distill {params.args} train.threads={params.threads} > {log} 2>&1"
 
@@ -39,17 +40,19 @@ rule search_teacher_logits:
         logits=SEARCH_LOGITS,
     log:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.search-logits.log",
-    params:
-        args=lambda wildcards: _shell(cache_logits_overrides(wildcards, search_data(DEFAULT_POINT))),
-        hub_env=HUB_ENV,
+    retries: config.get("retries")
+    conda:
+        "../../environment.yml"
     threads: resources_of("cache_logits")["threads"]
     resources:
         mem_mb=scaled("cache_logits", "mem_mb"),
         runtime=scaled("cache_logits", "runtime"),
         gpu=min(1, gpus_of("cache_logits")),
-    retries: config.get("retries")
-    conda:
-        "../../environment.yml"
+    params:
+        args=lambda wildcards: _shell(
+            cache_logits_overrides(wildcards, search_data(DEFAULT_POINT))
+        ),
+        hub_env=HUB_ENV,
     shell:
         "{params.hub_env}OMP_NUM_THREADS={threads} ckd cache-logits {params.args} --out {output.logits} > {log} 2>&1"
 
@@ -57,11 +60,11 @@ rule search_teacher_logits:
 rule search_plan:
     output:
         SEARCH_PLAN,
-    params:
-        plan=search_plan,
     log:
         f"{LOGS}/search/{{task}}/{{student}}/{{method}}.plan.log",
     localrule: True
+    params:
+        plan=search_plan,
     run:
         atomic_write_json(output[0], params.plan)
 
@@ -71,7 +74,9 @@ rule select:
     input:
         plan=SEARCH_PLAN,
         records=lambda wildcards: [
-            search_record(wildcards.task, wildcards.student, wildcards.method, point.name, seed)
+            search_record(
+                wildcards.task, wildcards.student, wildcards.method, point.name, seed
+            )
             for point in SEARCHED[wildcards.method]
             for seed in SEARCH_SEEDS
         ],
@@ -80,10 +85,10 @@ rule select:
         summary=f"{SELECTED}.json",
     log:
         f"{LOGS}/search/{{task}}/{{student}}/{{method}}.select.log",
-    params:
-        score=SEARCH_SCORE,
     localrule: True
     conda:
         "../../environment.yml"
+    params:
+        score=SEARCH_SCORE,
     shell:
         "ckd select --plan {input.plan:q} --score {params.score} --out-config {output.config:q} --out {output.summary:q} > {log} 2>&1"

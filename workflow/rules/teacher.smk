@@ -16,18 +16,18 @@ rule finetune_teacher:
         record=f"{TEACHER_DIR}/record.json",
     log:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.log",
-    params:
-        args=finetune_args,
-        launch=ckd_launcher("finetune"),
-        threads=threads_per_process("finetune"),
+    retries: config.get("retries")
+    conda:
+        "../../environment.yml"
     threads: resources_of("finetune")["threads"]
     resources:
         mem_mb=scaled("finetune", "mem_mb"),
         runtime=scaled("finetune", "runtime"),
         gpu=gpus_of("finetune"),
-    retries: config.get("retries")
-    conda:
-        "../../environment.yml"
+    params:
+        args=finetune_args,
+        launch=ckd_launcher("finetune"),
+        threads=threads_per_process("finetune"),
     shell:
         "{params.launch} finetune {params.args} train.threads={params.threads} > {log} 2>&1"
 
@@ -39,17 +39,17 @@ rule cache_teacher_logits:
         logits=TEACHER_LOGITS,
     log:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.logits.log",
-    params:
-        args=cache_logits_args,
-        hub_env=HUB_ENV,
+    retries: config.get("retries")
+    conda:
+        "../../environment.yml"
     threads: resources_of("cache_logits")["threads"]
     resources:
         mem_mb=scaled("cache_logits", "mem_mb"),
         runtime=scaled("cache_logits", "runtime"),
         gpu=min(1, gpus_of("cache_logits")),  # one process: ckd cache-logits uses one device
-    retries: config.get("retries")
-    conda:
-        "../../environment.yml"
+    params:
+        args=cache_logits_args,
+        hub_env=HUB_ENV,
     shell:
         # cache-logits does not set torch threads itself
         "{params.hub_env}OMP_NUM_THREADS={threads} ckd cache-logits {params.args} --out {output.logits} > {log} 2>&1"
@@ -62,18 +62,18 @@ rule cache_teacher:
         manifest=TEACHER_CACHE,  # written last: the folder beside it is complete
     log:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.teacher_cache.log",
-    params:
-        args=cache_teacher_args,
-        hub_env=HUB_ENV,
-        folder=lambda wildcards: str(Path(TEACHER_CACHE.format(**wildcards)).parent),
+    retries: config.get("retries")
+    conda:
+        "../../environment.yml"
     threads: resources_of("cache_logits")["threads"]
     resources:
         mem_mb=scaled("cache_logits", "mem_mb"),
         runtime=scaled("cache_logits", "runtime"),
         gpu=min(1, gpus_of("cache_logits")),  # one process: ckd cache-teacher uses one device
-    retries: config.get("retries")
-    conda:
-        "../../environment.yml"
+    params:
+        args=cache_teacher_args,
+        hub_env=HUB_ENV,
+        folder=lambda wildcards: str(Path(TEACHER_CACHE.format(**wildcards)).parent),
     shell:
         # a killed build resumes from its finished shards (the folder is not an output Snakemake deletes)
         "{params.hub_env}OMP_NUM_THREADS={threads} ckd cache-teacher {params.args} --out {params.folder} > {log} 2>&1"
