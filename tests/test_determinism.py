@@ -11,6 +11,7 @@ import torch
 
 from ckd.cli import main as cli
 from ckd.run_record import determinism
+from tests.test_reliability_kill import run_and_stop
 
 SHAPE = {"init": "random", "tokenizer": "synthetic", "hidden": 32, "heads": 4, "ffn": 64}
 COMMON = ["task=syn-pair", "data.max_length=32", "data.synthetic_train_size=96", "data.synthetic_dev_size=32",
@@ -81,32 +82,11 @@ def test_a_cuda_run_records_that_it_is_not_deterministic(tmp_path):
 def test_a_resume_must_use_the_thread_count_of_its_checkpoint(tmp_path):
     """On CPU the thread count changes how reductions are split, hence the last bits of each step: it is not
     part of the config fingerprint (a finished run is not redone for it) but a resume must match it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     out = tmp_path / "run"
     args = ["finetune", *COMMON, *shape("model", 2), f"output_dir={out}"]
-    env = {**os.environ, "CKD_TEST_PAUSE_AT": "train-step", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "ckd.cli", *args], env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        for line in child.stdout:
-            if line.strip() == "ckd-pause: train-step":
-                break
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with open(f"/proc/{child.pid}/stat") as handle:
-                if handle.read().rsplit(")", 1)[1].split()[0] == "T":
-                    break
-        child.send_signal(signal.SIGTERM)
-        child.send_signal(signal.SIGCONT)
-        output = child.communicate(timeout=60)[0]
-    finally:
-        child.kill()
-    assert child.returncode == 2 and "stopped by SIGTERM after step 1/8" in output, output
+    stopped = run_and_stop(args, "train-step", 1, how="term")
+    assert stopped.returncode == 2 and "stopped by SIGTERM after step 1/8" in stopped.output, stopped.output
     assert cli([*args, "train.threads=2"]) == 2
     assert not (out / "record.json").exists()
     assert cli(args) == 0  # the checkpoint's count (train.threads=1 in COMMON)

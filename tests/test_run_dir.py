@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from ckd import atomic
 from ckd.cli import main as cli
 from ckd.run_dir import OWNER_FILE, SEALED_RECORD, RunFolderError, claim, finished_record
+from tests.test_reliability_kill import run_and_stop
 
 MODEL = ["model.init=random", "model.tokenizer=synthetic", "model.layers=2", "model.hidden=32", "model.heads=4", "model.ffn=64"]
 COMMON = ["task=syn-pair", *MODEL, "data.max_length=32", "data.synthetic_train_size=48", "data.synthetic_dev_size=16",
@@ -188,25 +188,10 @@ def test_written_files_get_the_umask_permissions(tmp_path, mask, file_mode, dir_
 def test_sigint_checkpoints_and_stops_like_sigterm(tmp_path):
     """Ctrl-C during training: the run saves a checkpoint at that step, says so, and the same command resumes."""
     out = tmp_path / "run"
-    env = {**os.environ, "CKD_TEST_PAUSE_AT": "train-step", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "ckd.cli", "finetune", *COMMON, f"output_dir={out}", "train.max_steps=3"]
-    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for line in child.stdout:
-            if line.strip() == "ckd-pause: train-step":
-                break
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with open(f"/proc/{child.pid}/stat") as handle:
-                if handle.read().rsplit(")", 1)[1].split()[0] == "T":
-                    break
-        child.send_signal(signal.SIGINT)
-        child.send_signal(signal.SIGCONT)
-        output = child.communicate(timeout=60)[0]
-    finally:
-        child.kill()
-    assert child.returncode == 2, output
-    assert "stopped by SIGINT after step 1/3; checkpoint saved in" in output, output
+    args = ["finetune", *COMMON, f"output_dir={out}", "train.max_steps=3"]
+    stopped = run_and_stop(args, "train-step", 1, how="int")
+    assert stopped.returncode == 2, stopped.output
+    assert "stopped by SIGINT after step 1/3; checkpoint saved in" in stopped.output, stopped.output
     import torch
 
     assert torch.load(out / "checkpoints" / "latest" / "state.pt", weights_only=False)["step"] == 1

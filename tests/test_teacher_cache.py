@@ -28,8 +28,9 @@ from ckd.cli import main as cli
 from ckd.config import resolve_config
 from ckd.data import encode_split, get_task, load_split
 from ckd.data.loading import data_fingerprint
-from ckd.models import build_model, load_tokenizer, save_model
+from ckd.models import build_model, load_tokenizer
 from ckd.teacher_cache import KIND, load_teacher_logits, rebuild_command, save_teacher_logits, teacher_logits_key
+from tests.fixtures.teachers import saved_teachers
 from tests.test_reliability_kill import Child  # a `python -m ckd.cli` child stopped at a pause point
 
 TINY = {"init": "random", "tokenizer": "synthetic", "layers": 1, "hidden": 32, "heads": 4, "ffn": 64}
@@ -41,10 +42,7 @@ STUDENT = [f"student.{k}={v}" for k, v in TINY.items()]
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory) -> tuple[Path, Path]:
     """Two syn-sentiment teachers with the same shape and different weights (seeds 1 and 2)."""
-    root = tmp_path_factory.mktemp("teachers")
-    for seed in (1, 2):
-        save_model(build_model(TINY, task="syn-sentiment", seed=seed), root / f"t{seed}")
-    return root / "t1", root / "t2"
+    return saved_teachers(tmp_path_factory.mktemp("teachers"), TINY)
 
 
 def distill(out: Path, teacher: Path, logits: Path, *extra: str) -> int:

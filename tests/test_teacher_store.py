@@ -20,7 +20,7 @@ from ckd.data.tasks import get_task
 from ckd.distributed import Runtime
 from ckd.losses import relations
 from ckd.methods import load_methods, resolve_method
-from ckd.models import build_model, save_model
+from ckd.models import build_model
 from ckd.objectives import TERMS, Objective
 from ckd.runs import make_step_loss
 from ckd.teacher_store import (
@@ -34,6 +34,7 @@ from ckd.teacher_store import (
     sorted_fields,
 )
 from ckd.train import Trainer, TrainSetup
+from tests.fixtures.teachers import saved_teachers
 from tests.test_batch_split import ORDER, SPLITS, _assert_same, _data
 from tests.test_reliability_kill import run_and_stop
 
@@ -221,10 +222,7 @@ STUDENT = [f"student.{k}={v}" for k, v in {**TINY, "layers": 2}.items()]
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("teachers")
-    for seed in (1, 2):
-        save_model(build_model(TINY, task="syn-sentiment", seed=seed), root / f"t{seed}")
-    return root / "t1", root / "t2"
+    return saved_teachers(tmp_path_factory.mktemp("teachers"), TINY)
 
 
 def cache_args(teacher: Path, out: Path, *extra: str) -> list[str]:
