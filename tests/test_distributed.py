@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -150,14 +151,29 @@ def _paused_torchrun(args, out, cwd, pauses: int):
     for count in range(1, pauses + 1):
         paused = 0
         while paused < 2:
+            ready, _, _ = select.select([process.stderr], [], [], 120)
+            if not ready:
+                process.kill()
+                raise AssertionError("no pause line from torchrun within 120 s")
             line = process.stderr.readline()
             assert line, "torchrun ended before both ranks paused"
             paused += line.startswith("ckd-pause: train-step")
         workers = {_rank(pid): pid for pid in _children(process.pid)}
+        for pid in workers.values():
+            _wait_stopped(pid)  # the pause line comes just before SIGSTOP: a SIGCONT sent in between is lost
         if count < pauses:
             for pid in workers.values():
                 os.kill(pid, signal.SIGCONT)
     return process, workers
+
+
+def _wait_stopped(pid: int, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"worker {pid} did not stop at its pause point")
 
 
 ARGS_4_STEPS = ["finetune", *EDGE, "data.synthetic_train_size=32", "train.batch_size=8", "train.eval_every=2"]
@@ -177,7 +193,6 @@ def test_a_signal_to_one_process_stops_all_after_the_same_step_and_resumes(two_p
     out = tmp_path / "run"
     process, workers = _paused_torchrun(ARGS_4_STEPS, out, tmp_path, pauses=1)
     try:
-        time.sleep(0.5)
         os.kill(workers[1], signal.SIGTERM)
         os.kill(workers[1], signal.SIGCONT)
         os.kill(workers[0], signal.SIGCONT)

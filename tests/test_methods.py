@@ -173,5 +173,5 @@ def test_workflow_logit_terms_are_the_objectives_logit_only_terms():
     from tests.conftest import REPO
 
     text = (REPO / "workflow/rules/common.smk").read_text()
-    listed = set(re.findall(r'"(\w+)"', re.search(r"^LOGIT_TERMS = \{(.*)\}$", text, re.M).group(1)))
+    listed = set(re.findall(r'"(\w+)"', re.search(r"^LOGIT_TERMS = \{(.*?)\}", text, re.M | re.S).group(1)))
     assert listed == {name for name, kind in TERMS.items() if not (kind.hidden or kind.capture)}

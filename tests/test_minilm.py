@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ckd.errors import ModelError
-from ckd.losses.minilm import attention_kl, value_relation_kl
+from ckd.losses.minilm import attention_kl, masked_relation_kl, value_relation_kl
 
 F64 = torch.float64
 LENGTHS = [6, 3, 1, 0]  # includes a fully padded sentence
@@ -102,3 +102,17 @@ def test_errors():
         value_relation_kl(rand(2, 12, 3, 8), rand(2, 4, 3, 8), None)
     with pytest.raises(ModelError, match="attention_mask"):
         attention_kl(rand(2, 4, 3, 3), rand(2, 4, 3, 3), mask([3, 3, 3], n=3))
+
+
+def test_mixed_precision_teacher_and_heavy_padding_stay_finite():
+    """A float32 teacher (e.g. read from the teacher cache) against a float64 student, with padded keys
+    and a fully padded query row: the same value as an all-float64 computation, and finite gradients."""
+    g = torch.Generator().manual_seed(3)
+    teacher = torch.randn(2, 2, 5, 5, generator=g, dtype=torch.float64) * 4
+    student = torch.randn(2, 2, 5, 5, generator=g, dtype=torch.float64).requires_grad_()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    mixed = masked_relation_kl(teacher.float(), student, mask)
+    mixed.backward()
+    same = masked_relation_kl(teacher.float().double(), student.detach(), mask)
+    assert torch.isfinite(mixed) and torch.isfinite(student.grad).all()
+    assert float(mixed) == pytest.approx(float(same), rel=1e-6)

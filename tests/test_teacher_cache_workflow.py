@@ -20,7 +20,7 @@ def test_workflow_cache_terms_are_the_stores():
     as ckd.teacher_store serves."""
     text = (REPO / "workflow/rules/common.smk").read_text()
     logit = set(re.findall(r'"(\w+)"', re.search(r"^LOGIT_TERMS = \{(.*)\}$", text, re.M).group(1)))
-    extra = set(re.findall(r'"(\w+)"', re.search(r"^CACHE_TERMS = LOGIT_TERMS \| \{(.*)\}$", text, re.M).group(1)))
+    extra = set(re.findall(r'"(\w+)"', re.search(r"^CACHE_TERMS = LOGIT_TERMS \| \{(.*?)\}", text, re.M | re.S).group(1)))
 
     class Map:
         teacher_indices = (0, 2)

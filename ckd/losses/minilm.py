@@ -58,17 +58,21 @@ def masked_relation_kl(
                 f"{tuple(teacher_scores.shape)}; pass the (B, n) mask of the batch"
             )
         valid = attention_mask.to(device=teacher_scores.device).bool()
-    # 0 at valid keys, the most negative finite value at padded ones: their softmax weight is exactly 0
-    # (exp underflows), without the NaNs of -inf.
-    key_fill = torch.zeros(valid.shape, dtype=student_scores.dtype, device=valid.device)
-    key_fill = key_fill.masked_fill_(~valid, torch.finfo(student_scores.dtype).min)[:, None, None, :]
+
+    def key_fill(dtype: torch.dtype) -> torch.Tensor:
+        """0 at valid keys, the most negative finite value of `dtype` at padded ones: their softmax weight
+        is exactly 0 (exp underflows), without the NaNs of -inf."""
+        fill = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, torch.finfo(dtype).min)
+        return fill[:, None, None, :]
+
     with torch.no_grad():
-        log_t = F.log_softmax(teacher_scores + key_fill.to(teacher_scores.dtype), dim=-1)
-        p_t = log_t.exp()  # exactly 0 at padded keys, so p_t * (anything finite) is 0 there
-        teacher_part = (p_t * log_t).sum(dim=-1)  # sum_k p_t log p_t
+        log_t = F.log_softmax(teacher_scores + key_fill(teacher_scores.dtype), dim=-1)
+        p_t = log_t.exp()  # exactly 0 at padded keys
+        teacher_part = torch.where(p_t > 0, p_t * log_t, 0.0).sum(dim=-1)  # sum_k p_t log p_t
     # KL = sum_k p_t log p_t - sum_k p_t s_k + logsumexp_k(s) (the rows of p_t sum to 1): the student's
     # log-softmax is never materialised, and autograd of logsumexp gives softmax(s) - p_t.
-    per_row = teacher_part - (p_t * student_scores).sum(dim=-1) + torch.logsumexp(student_scores + key_fill, dim=-1)
+    fill = key_fill(student_scores.dtype)
+    per_row = teacher_part - (p_t * student_scores).sum(dim=-1) + torch.logsumexp(student_scores + fill, dim=-1)
     per_row = per_row * valid[:, None, :]  # (B, heads, n): padded query rows contribute 0
     return per_row.sum() / (heads * valid.sum()).clamp(min=1)
 
