@@ -154,19 +154,20 @@ def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def _manifest_entry(repo_id: str, repo_type: str) -> tuple[str, dict | None] | None:
+def _manifest_entry(repo_id: str, repo_type: str) -> tuple[str, dict, dict | None] | None:
+    """(path, manifest, the entry of repo_id or None) under $CKD_HUB_MANIFEST; None without a manifest."""
     manifest_path = os.environ.get(MANIFEST_ENV)
     if not manifest_path:
         return None
     manifest = load_manifest(manifest_path)
     entry = next((e for e in manifest["items"] if e.get("repo_id") == repo_id and e.get("repo_type") == repo_type), None)
-    return manifest_path, entry
+    return manifest_path, manifest, entry
 
 
 def pinned_revision(repo_id: Any, repo_type: str = "model") -> str | None:
     """The commit `$CKD_HUB_MANIFEST` pins `repo_id` to (None without a manifest or for a non-hub reference)."""
     found = _manifest_entry(repo_id, repo_type) if is_hub_id(repo_id) else None
-    return found[1]["revision"] if found and found[1] else None
+    return found[2]["revision"] if found and found[2] else None
 
 
 def pinned_snapshot(repo_id: str, repo_type: str = "model") -> str | None:
@@ -176,8 +177,8 @@ def pinned_snapshot(repo_id: str, repo_type: str = "model") -> str | None:
     found = _manifest_entry(repo_id, repo_type)
     if found is None:
         return None
-    manifest_path, entry = found
-    study = load_manifest(manifest_path).get("study")
+    manifest_path, manifest, entry = found
+    study = manifest.get("study")
     fix = f"run `{prefetch_command(f'config/{study}.yaml' if study else None)}` where the hub is reachable"
     error = ModelError if repo_type == "model" else DataError
     if entry is None:
