@@ -21,12 +21,21 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/general_common.smk"
 include: "workflow/rules/search_common.smk"
 include: "workflow/rules/prefetch.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/general.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/cost.smk"
+
+
+# DynaBERT (docs/dynabert.md): only in studies that ask for it
+if config.get("dynabert"):
+
+    include: "workflow/rules/dynabert.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -45,6 +54,8 @@ rule all:
         RUN_RECORDS,
         TABLES,
         PLOTS_DIR,
+        COST_TABLES,
+        DYNABERT_TARGETS if config.get("dynabert") else [],
 
 
 onerror:

@@ -114,7 +114,7 @@ def section(device: torch.device, args, term_sizes: TermSizes, step_sizes: StepS
         dense_limit_mb = 2048 if device.type == "cpu" else None  # None: half the free device memory
     if "terms" in sections:
         print(f"\nCKD relation terms, forward + backward: {term_sizes.describe()}")
-        print(f"  ours: ckd.losses.relations; dense: benchmarks/dense.py (the authors' gathered difference vectors); "
+        print(f"  ours: ckd.losses.relations; dense: ckd.losses.relations_dense (the formulas as explicit tensors; the fast engine is tested equal to it in tests/test_relations.py); "
               f"{repeats} / {dense_repeats} repeats; student gradients preallocated")
         started = time.time()
         rows = run_terms(term_sizes, device=device, repeats=repeats, dense_repeats=dense_repeats,

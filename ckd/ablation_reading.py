@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ckd.aggregate import cell, changes_text, flatten_options, fmt_num, is_ckd_variant, method_changes, method_sort_key
 from ckd.plots import agg_figure
 from ckd.records import row_method_base
+from ckd.tables.ablation import changes_text, flatten_options, is_ckd_variant, method_changes
+from ckd.tables.common import cell, fmt_num, method_sort_key
 
 if TYPE_CHECKING:
     from ckd.explore import Study

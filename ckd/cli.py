@@ -9,7 +9,7 @@ import sys
 from ckd import __version__
 from ckd.errors import CkdError
 
-COMMAND_MODULES = ("finetune", "distill", "evaluate", "cache_logits", "cache_teacher", "aggregate", "plots", "select", "prefetch")
+COMMAND_MODULES = ("finetune", "distill", "evaluate", "cache_logits", "cache_teacher", "aggregate", "plots", "select", "prefetch", "pack_corpus", "general_distill", "dynabert", "estimate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,46 +8,27 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ckd.config_schema import (
+    DATA,
+    MODEL,
+    NON_NEGATIVE,
+    POSITIVE_INT,
+    SECTIONS,
+    SEED,
+    TRAIN,
+    Bound,
+    Section,
+)
 from ckd.errors import CkdError, ConfigError
 
-DATA_DEFAULTS: dict[str, Any] = {
-    "source": "auto",          # auto | glue_dir | hub | synthetic
-    "glue_dir": None,          # default: $GLUE_DIR
-    "max_train_examples": None,
-    "max_eval_examples": None,
-    "subsample_seed": 0,
-    "max_length": 128,
-    "synthetic_train_size": None,
-    "synthetic_dev_size": None,
-    "selection_split": None,   # {fraction, max_examples, seed}: train minus a carved split, scored on it (ckd.data.loading)
-}
-
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": None,            # None: the method's per-task setting, else 3
-    "max_steps": None,         # stop after this many optimiser steps (overrides epochs)
-    "batch_size": 32,          # examples per optimiser step
-    "grad_accum": 1,           # micro-batches per optimiser step
-    "lr": None,                # None: the method's per-task setting, else 5e-5
-    "weight_decay": 0.0,
-    "adam_eps": 1e-8,
-    "warmup_ratio": 0.0,
-    "max_grad_norm": 1.0,
-    "eval_every": None,        # steps; None: once per epoch
-    "checkpoint_every": None,  # steps; None: at every evaluation
-    "eval_batch_size": 64,
-    "save_model": True,
-    "progress": True,
-    "tensorboard": True,
-    "threads": None,           # torch CPU threads; None: torch's default
-    "device": "auto",          # auto | cpu | cuda | cuda:N
-    "precision": "fp32",       # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
-}
+# the data.* and train.* keys of a run config, their defaults and ranges: ckd.config_schema (also the study schema's)
+DATA_DEFAULTS: dict[str, Any] = DATA.defaults()
+TRAIN_DEFAULTS: dict[str, Any] = TRAIN.defaults()
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "study": None,
@@ -166,81 +147,13 @@ def _require(config: Mapping[str, Any], key: str, hint: str) -> None:
         raise ConfigError(f"missing config key {key!r}: {hint}")
 
 
-@dataclass(frozen=True)
-class Bound:
-    """What a numeric setting may hold: an integer or any finite number, within [low, high] (`open_*`: bound excluded)."""
-
-    integer: bool = False
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    none: bool = True  # None (= the default / not set) allowed
-
-    def describe(self) -> str:
-        kind = "an integer" if self.integer else "a finite number"
-        if self.low == 0 and self.open_low and self.high is None:
-            return f"a positive {'integer' if self.integer else 'number'}"
-
-        def show(v: float) -> str:
-            return str(int(v)) if float(v).is_integer() else f"{v:g}"
-
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.open_low else '>='} {show(self.low)}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.open_high else '<='} {show(self.high)}")
-        return f"{kind} {' and '.join(parts)}" if parts else kind
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.none
-        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
-            return False
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
-            return False
-        if self.high is not None and (value >= self.high if self.open_high else value > self.high):
-            return False
-        return True
-
-
-POSITIVE_INT = Bound(integer=True, low=0, open_low=True)
-POSITIVE = Bound(low=0, open_low=True)
-NON_NEGATIVE = Bound(low=0, none=False)
-SEED = Bound(integer=True, low=0, high=2**32 - 1, none=False)  # what numpy, torch and Python's random all accept
-PROBABILITY_BELOW_1 = Bound(low=0, high=1, open_high=True)
-
-# Every numeric setting of a run config and the range it must lie in: the one place these constraints live.
+# Every numeric setting of a run config and the range it must lie in (declared in ckd.config_schema).
 NUMERIC_KEYS: dict[str, Bound] = {
     "seed": SEED,
-    "train.epochs": POSITIVE_INT,
-    "train.max_steps": POSITIVE_INT,
-    "train.batch_size": Bound(integer=True, low=0, open_low=True, none=False),
-    "train.grad_accum": Bound(integer=True, low=0, open_low=True, none=False),
-    "train.eval_every": POSITIVE_INT,
-    "train.checkpoint_every": POSITIVE_INT,
-    "train.eval_batch_size": Bound(integer=True, low=0, open_low=True, none=False),
-    "train.threads": POSITIVE_INT,
-    "train.lr": POSITIVE,
-    "train.weight_decay": NON_NEGATIVE,
-    "train.adam_eps": Bound(low=0, open_low=True, none=False),
-    "train.warmup_ratio": Bound(low=0, high=1, open_high=True, none=False),
-    "train.max_grad_norm": NON_NEGATIVE,  # 0: no clipping
-    "data.max_train_examples": POSITIVE_INT,
-    "data.max_eval_examples": POSITIVE_INT,
-    "data.subsample_seed": SEED,
-    "data.max_length": Bound(integer=True, low=2),  # [CLS] and [SEP] at least
-    "data.synthetic_train_size": POSITIVE_INT,
-    "data.synthetic_dev_size": POSITIVE_INT,
+    **{f"{name}.{key}": spec.bound for name in ("train", "data") for key, spec in SECTIONS[name].keys.items() if spec.bound},
 }
-BOOLEAN_KEYS = ("train.save_model", "train.progress", "train.tensorboard", "use_task_settings")
 # the numeric keys of a model spec (model, teacher, student); the rest of a spec is checked by ckd.models
-MODEL_SPEC_NUMBERS: dict[str, Bound] = {
-    "layers": POSITIVE_INT, "hidden": POSITIVE_INT, "heads": POSITIVE_INT, "ffn": POSITIVE_INT,
-    "dropout": PROBABILITY_BELOW_1,
-}
+MODEL_SPEC_NUMBERS: dict[str, Bound] = {key: spec.bound for key, spec in MODEL.keys.items() if spec.bound}
 # method settings (config/methods.yaml `settings`, overridable by method_options) with a range of their own;
 # every other numeric setting (loss weights) must be finite and >= 0
 METHOD_SETTINGS: dict[str, Bound] = {
@@ -253,17 +166,26 @@ METHOD_SETTINGS: dict[str, Bound] = {
 METHOD_FLAGS = ("t2_scale", "released_window_quirks")
 
 
-def _lookup_key(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
-
-
 def check_number(name: str, value: Any, bound: Bound) -> None:
     """Raise a ConfigError naming `name` unless `value` has the type, finiteness and range of `bound`."""
     if not bound.accepts(value):
         raise ConfigError(f"config key {name} must be {bound.describe()}, got {value!r}")
+
+
+def check_section(where: str, section: Section, values: Mapping[str, Any]) -> None:
+    """Each key of `values` that `section` (ckd.config_schema) declares, named `<where>.<key>` in messages:
+    a number in its range (`check_number`), a boolean true or false, a choice one of its choices. Strings and
+    raw keys are left to their users; unknown keys to `_merge`. Raises ConfigError on the first bad value."""
+    for key, spec in section.keys.items():
+        if key not in values:
+            continue
+        name, value = f"{where}.{key}", values[key]
+        if spec.bound is not None:
+            check_number(name, value, spec.bound)
+        elif spec.kind == "boolean" and not isinstance(value, bool):
+            raise ConfigError(f"config key {name} must be true or false, got {value!r}")
+        elif spec.kind == "choice" and value not in spec.choices and not (spec.nullable and value is None):
+            raise ConfigError(f"config key {name}: {value!r} is not one of {', '.join(map(str, spec.choices))}")
 
 
 def check_max_length(max_length: int, models: Mapping[str, Any]) -> None:
@@ -334,21 +256,17 @@ def _check_values(kind: str, config: Mapping[str, Any]) -> None:
         raise ConfigError(f"config key 'seed' must be an integer, got {config['seed']!r}")
     if config.get("output_dir") is not None and not isinstance(config["output_dir"], str):
         raise ConfigError(f"config key output_dir must be a path, got {config['output_dir']!r}")
-    for dotted, bound in NUMERIC_KEYS.items():
-        if dotted.split(".")[0] in config:
-            check_number(dotted, _lookup_key(config, dotted), bound)
-    for dotted in BOOLEAN_KEYS:
-        value = _lookup_key(config, dotted)
-        if dotted.split(".")[0] in config and not isinstance(value, bool):
-            raise ConfigError(f"config key {dotted} must be true or false, got {value!r}")
+    check_number("seed", config["seed"], SEED)
+    for name in ("train", "data"):
+        check_section(name, SECTIONS[name], config[name])
+    if "use_task_settings" in config and not isinstance(config["use_task_settings"], bool):
+        raise ConfigError(f"config key use_task_settings must be true or false, got {config['use_task_settings']!r}")
     train = config["train"]
     if train["batch_size"] % train["grad_accum"]:
         raise ConfigError(
             f"train.batch_size {train['batch_size']} is not divisible by train.grad_accum {train['grad_accum']}"
         )
     data = config["data"]
-    if data["source"] not in ("auto", "glue_dir", "hub", "synthetic"):
-        raise ConfigError(f"config key data.source: {data['source']!r} is not one of auto, glue_dir, hub, synthetic")
     from ckd.data.loading import selection_spec
 
     data["selection_split"] = selection_spec(data["selection_split"])  # completed: the record shows the split used

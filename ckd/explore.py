@@ -42,25 +42,9 @@ from ckd.ablation_reading import (  # noqa: F401
     ablation_summary,
     missing_ablations,
 )
-from ckd.aggregate import (
-    DEFAULT_REFERENCE,
-    INTERMEDIATE,
-    Column,
-    Table,
-    ablation_table,
-    group_records,
-    load_reference,
-    main_table,
-    method_sort_key,
-    missing_runs,
-    paper_delta_table,
-    run_value,
-    significance_table,
-    study_columns,
-    to_markdown,
-)
-from ckd.aggregate_settings import read_settings
+from ckd.aggregate_settings import SETTINGS_FILE, read_settings
 from ckd.errors import CkdError
+from ckd.frame import INTERMEDIATE, runs_frame
 from ckd.plots import agg_figure
 from ckd.records import model_name, row_method, study_records
 from ckd.relation_explorer import (  # noqa: F401
@@ -76,6 +60,12 @@ from ckd.relation_explorer import (  # noqa: F401
     wr_triple_figure,
 )
 from ckd.stats import mean_std
+from ckd.tables.ablation import ablation_table
+from ckd.tables.common import Column, Table, frame_groups, method_sort_key, seed_values, study_columns
+from ckd.tables.main import DEFAULT_REFERENCE, load_reference, main_table, paper_delta_table
+from ckd.tables.missing import missing_runs
+from ckd.tables.render import read_table, to_markdown
+from ckd.tables.significance import significance_table
 
 STUDY_ENV = "CKD_STUDY_DIR"
 DEFAULT_STUDY = "smoke"
@@ -113,6 +103,7 @@ class Study:
     expected: dict | None = None
     filters: dict = field(default_factory=dict)
     include_stale: bool = False
+    frame: pd.DataFrame | None = None       # the tidy runs frame (`ckd.frame`) of the whole study, unfiltered
 
     @property
     def tasks(self) -> list[str]:
@@ -192,25 +183,24 @@ def load_study(study_dir: str | os.PathLike | None = None, *, tasks: Iterable[st
             raise CkdError(f"{what} filter: {', '.join(unknown)} not in study {path.name}; "
                            f"it has {', '.join(known[what]) or 'none'}")
 
-    def keep(record: dict) -> bool:
-        if task_filter is not None and get_task(record["task"]).name not in task_filter:
-            return False
-        if method_filter is not None and row_method(record) not in method_filter:
-            return False
-        if student_filter is not None and record.get("_role") != "teacher" and model_name(record) not in student_filter:
-            return False
-        return True
-
-    kept = [r for r in scored if keep(r)]
-    if not kept:
+    frame = runs_frame(loaded)
+    keep = frame["shown"].copy()
+    if task_filter is not None:
+        keep &= frame["task"].isin(task_filter)
+    if method_filter is not None:
+        keep &= frame["method"].isin(method_filter)
+    if student_filter is not None:
+        keep &= (frame["role"] == "teacher") | frame["student"].isin(student_filter)
+    if not keep.any():
         raise CkdError(f"no run of study {path.name} passes the filters (tasks={task_filter}, students={student_filter}, "
                        f"methods={method_filter})")
-    groups = group_records(kept)
+    groups = frame_groups(frame.assign(shown=keep), {r["_path"]: r for r in records})
+    kept = [run for runs in groups.values() for run in runs]
     name = next((r["study"] for r in records if r.get("study")), path.name)
     return Study(path=path, name=name, records=kept, groups=groups, columns=study_columns(r["task"] for r in kept),
                  loaded=records, stale=stale, unplanned=loaded.unplanned, expected=expected,
                  filters={"tasks": task_filter, "students": student_filter, "methods": method_filter},
-                 include_stale=include_stale)
+                 include_stale=include_stale, frame=frame)
 
 
 # ============================================================================ tables and plots
@@ -228,13 +218,19 @@ def aggregate_settings(study: Study) -> dict:
 
 def study_tables(study: Study, *, score: str | None = None, baseline: str | None = None, n_boot: int | None = None,
                  seed: int | None = None, alternative: str | None = None, reference: str | os.PathLike | None = None,
-                 only: Iterable[str] | None = None) -> dict[str, Table]:
+                 only: Iterable[str] | None = None, recompute: bool = False) -> dict[str, Table]:
     """The tables of `ckd aggregate` (main, paper_delta, ablation, significance, and missing when no
-    filter is set) for the filtered study, as `ckd.aggregate.Table` objects (`.frame` for numbers,
+    filter is set) for the filtered study, as `ckd.tables.common.Table` objects (`.frame` for numbers,
     `table_markdown` to show them). `only`: names of the tables to build. A setting left None is the
-    one the study's tables were made with (`aggregate_settings`), so that without filters every cell
-    equals the workflow's tables."""
+    one the study's tables were made with (`aggregate_settings`).
+
+    Without filters or other settings, the tables are the files the workflow wrote (tables/<name>.md
+    and .csv, read back by `ckd.tables.render.read_table`), so the notebook's numbers are the workflow's
+    by construction; they are computed here only when a filter or setting differs, when a record is
+    newer than the written tables (then with the workflow's settings), or with `recompute`."""
     settings = aggregate_settings(study)
+    asked = {"score": score, "baseline": baseline, "bootstrap": n_boot, "seed": seed, "alternative": alternative,
+             "reference": None if reference is None else str(Path(reference).resolve())}
     score = score if score is not None else settings["score"]
     baseline = baseline if baseline is not None else settings["baseline"]
     n_boot = n_boot if n_boot is not None else settings["bootstrap"]
@@ -252,12 +248,31 @@ def study_tables(study: Study, *, score: str | None = None, baseline: str | None
         "ablation": lambda: ablation_table(study.groups, study.columns, score, study.name),
         "significance": lambda: significance_table(study.groups, study.columns, score, baseline, n_boot=n_boot,
                                                    seed=seed, alternative=alternative, study=study.name),
-        "missing": lambda: missing_runs(study.path, study.loaded, study.expected, study.name, stale=study.stale,
-                                        include_stale=study.include_stale),
+        "missing": lambda: missing_runs(study.path, study.frame, study.expected, study.name),
     }
     if any(study.filters.values()):
         wanted.discard("missing")  # the missing-runs grid is about the whole study
+    written = None if recompute else _written_tables(study, wanted, asked, settings)
+    if written is not None:
+        return written
     return {name: build() for name, build in builders.items() if name in wanted}
+
+
+def _written_tables(study: Study, wanted: set[str], asked: dict, settings: dict) -> dict[str, Table] | None:
+    """The workflow's own tables when they are what `study_tables` was asked for, else None."""
+    tables_dir = study.path / paths.TABLES
+    settings_file = tables_dir / SETTINGS_FILE
+    if any(study.filters.values()) or study.include_stale != bool(settings.get("include_stale")):
+        return None
+    if any(value is not None and value != settings.get(key) for key, value in asked.items()):
+        return None
+    files = [tables_dir / f"{name}.{ext}" for name in wanted for ext in ("md", "csv")]
+    if not settings_file.is_file() or not all(f.is_file() for f in files):
+        return None
+    newest_record = max((Path(r["_path"]).stat().st_mtime for r in study.loaded), default=0.0)
+    if newest_record > settings_file.stat().st_mtime:
+        return None  # runs finished after the tables were written: compute them afresh
+    return {name: read_table(tables_dir, name) for name in TABLES if name in wanted}
 
 
 def table_markdown(table: Table) -> str:
@@ -306,9 +321,7 @@ def seed_spread(study: Study, score: str = "final") -> pd.DataFrame:
     rows = []
     for key, runs in study.groups.items():
         for column in study.columns:
-            values = {r["seed"]: 100 * run_value(r, score, column.split, column.metric)
-                      for r in runs if r["task"] == column.task}
-            values = {s: v for s, v in values.items() if math.isfinite(v)}
+            values = seed_values(runs, column, score).to_dict()
             if not values:
                 continue
             mean, std, n = mean_std(values.values())

@@ -28,13 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ckd.config_schema import MODEL
 from ckd.errors import ModelError
 from ckd.labels import LabelMapping, align_classifier, checkpoint_label_names, label_mapping, set_task_labels
 from ckd.model_refs import PACKAGE_PREFIX, SYNTHETIC_TOKENIZER
 
-INITS = ("pretrained", "random", "truncate")
-TRUNCATIONS = ("first", "alternate")
-SPEC_KEYS = {"name_or_path", "init", "layers", "hidden", "heads", "ffn", "truncate", "tokenizer", "name", "dropout"}
+# the keys of a model spec and their choices: the `model` section of ckd.config_schema
+INITS: tuple[str, ...] = MODEL.keys["init"].choices
+TRUNCATIONS: tuple[str, ...] = MODEL.keys["truncate"].choices
+SPEC_KEYS = set(MODEL.keys)
 
 
 def resolve_source(name_or_path: str) -> str:

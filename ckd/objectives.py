@@ -214,12 +214,14 @@ def _check_window(window: Any, method_name: str) -> None:
 class Objective(nn.Module):
     """Weighted sum of a method's terms. Holds any learnable part of the loss (TinyBERT projections)."""
 
+    term_kinds: dict[str, TermKind] = TERMS  # the terms it knows; ckd.general.objective adds the masked-LM ones
+
     def __init__(self, method: ResolvedMethod, *, regression: bool, teacher_config: Any | None, student_config: Any):
         super().__init__()
         self.method = method
         self.settings = method.settings
         self.regression = regression
-        self.terms = [(term, TERMS[term.name]) for term in method.terms if term.weight != 0.0]
+        self.terms = [(term, self.term_kinds[term.name]) for term in method.terms if term.weight != 0.0]
         if not self.terms:
             raise ConfigError(f"method {method.name!r}: every loss weight is 0, nothing to train")
         self.needs_teacher = method.needs_teacher and any(kind.teacher for _, kind in self.terms)

@@ -6,6 +6,8 @@
       search/runs/<task>/<student>/<method>/<point>/seed<k>/   a grid-search run (`ckd select` reads it)
       search/plan/<task>/<student>/<method>.json       what `ckd select` compares
       search/selected/<task>/<student>/<method>.{yaml,json}   the setting it chose
+      corpora/<corpus>/<tokenizer>-len<L>/             a packed corpus (ckd pack-corpus)
+      general/<general>/                               a general-distilled student (ckd general-distill; not tabulated)
       expected.json                                    the runs the study plans (`ckd aggregate --expected`)
       tables/, plots/                                  `ckd aggregate`, `ckd plots`
       logs/teachers/<task>/<teacher>/seed<k>.log, logs/runs/<task>/<student>/<method>/seed<k>.log
@@ -40,6 +42,13 @@ SEARCH_PLAN = SEARCH + "/plan/{task}/{student}/{method}.json"
 SELECTED = SEARCH + "/selected/{task}/{student}/{method}"  # + .yaml (settings) / .json (summary)
 TEACHER_LOG = LOGS + "/teachers/{task}/{teacher}/seed{seed}.log"
 RUN_LOG = LOGS + "/runs/{task}/{student}/{method}/seed{seed}.log"
+# general (task-agnostic) distillation: packed corpora (one per corpus, tokenizer and length) and general students
+CORPORA = "corpora"
+GENERAL = "general"
+CORPUS_PACK = CORPORA + "/{corpus}/{tokenizer}-len{length}"   # ckd pack-corpus: manifest.json + shards
+GENERAL_RUN = GENERAL + "/{general}"                          # ckd general-distill: record.json, model/
+CORPUS_LOG = LOGS + "/" + CORPUS_PACK + ".log"
+GENERAL_LOG = LOGS + "/" + GENERAL_RUN + ".log"
 
 _SEED = re.compile(r"^seed(\d+)$")
 
@@ -102,9 +111,10 @@ def is_teacher_path(path, study_dir) -> bool:
 
 def is_tabulated(record_path, study_dir) -> bool:
     """Whether a record.json belongs to the study's tables: not under search/ (a grid search's own runs,
-    read by `ckd select`) nor in a temporary folder (ckd.atomic's start with a dot)."""
+    read by `ckd select`), general/ or corpora/ (the general stage: its task runs are tabulated), dynabert/
+    (its own tables: ckd.dynabert.report) nor in a temporary folder (ckd.atomic's start with a dot)."""
     parts = Path(record_path).relative_to(study_dir).parts
-    return not (any(part.startswith(".") for part in parts) or parts[0] == SEARCH)
+    return not (any(part.startswith(".") for part in parts) or parts[0] in (SEARCH, GENERAL, CORPORA, DYNABERT))
 
 
 def run_folders(study_dir) -> Iterator[tuple[RunId, Path]]:
@@ -139,3 +149,76 @@ def study_of(folder) -> Path | None:
             if len(seed_folder.parents) > depth and parse_run_dir(seed_folder, seed_folder.parents[depth]):
                 return seed_folder.parents[depth]
     return None
+
+
+# DynaBERT (ckd/dynabert, workflow/rules/dynabert.smk): the teacher's rewired copy per teacher seed, then
+# per objective (a method of ckd/resources/dynabert_methods.yaml) and seed the two stages' run folders,
+# the dev scores of every (width, depth) and the exported sub-networks (one folder each + sizes.json).
+#   dynabert/<task>/<teacher>/rewired/seed<k>/
+#   dynabert/<task>/<teacher>/<objective>/{width,depth}/seed<k>/
+#   dynabert/<task>/<teacher>/<objective>/eval/seed<k>.json
+#   dynabert/<task>/<teacher>/<objective>/export/seed<k>/{w<m_w>-d<m_d>/, sizes.json}
+#   dynabert/report/   tables and plots (ckd.dynabert.report)
+DYNABERT = "dynabert"
+DYNABERT_REWIRED = DYNABERT + "/{task}/{teacher}/rewired/seed{seed}"
+DYNABERT_STAGE = DYNABERT + "/{task}/{teacher}/{objective}/{stage}/seed{seed}"
+DYNABERT_EVAL = DYNABERT + "/{task}/{teacher}/{objective}/eval/seed{seed}.json"
+DYNABERT_EXPORT = DYNABERT + "/{task}/{teacher}/{objective}/export/seed{seed}"
+DYNABERT_REPORT = DYNABERT + "/report"
+DYNABERT_LOG = LOGS + "/dynabert/{task}/{teacher}/{objective}/{step}/seed{seed}.log"
+
+
+def dynabert_results(study_dir) -> Iterator[tuple[dict, Path, Path]]:
+    """({task, teacher, objective, seed}, eval JSON, export folder) of every evaluated DynaBERT run of a study."""
+    study_dir = Path(study_dir)
+    for path in sorted(study_dir.glob(re.sub(r"\{\w+\}", "*", DYNABERT_EVAL))):
+        parts = path.relative_to(study_dir).parts
+        match = _SEED.match(path.stem)
+        if match and len(parts) == 6:
+            key = {"task": parts[1], "teacher": parts[2], "objective": parts[3], "seed": int(match.group(1))}
+            yield key, path, study_dir / DYNABERT_EXPORT.format(**key)
+
+
+# Snakemake `benchmark:` files of the training jobs (workflow/rules/*.smk), one TSV per job: wall seconds
+# (`s`), max RSS (MB), CPU seconds (`cpu_time`) of the job's processes. `ckd.cost` reads them with the
+# records into the cost table. Keyed by rule; the patterns' fields are the rules' wildcards.
+BENCHMARKS = "benchmarks"
+BENCHMARK = {
+    "finetune_teacher": BENCHMARKS + "/teachers/{task}/{teacher}/seed{seed}.finetune.tsv",
+    "cache_teacher_logits": BENCHMARKS + "/teachers/{task}/{teacher}/seed{seed}.logits.tsv",
+    "cache_teacher": BENCHMARKS + "/teachers/{task}/{teacher}/seed{seed}.teacher_cache.tsv",
+    "search_teacher_logits": BENCHMARKS + "/teachers/{task}/{teacher}/seed{seed}.search_logits.tsv",
+    "distill": BENCHMARKS + "/runs/{task}/{student}/{method}/seed{seed}.tsv",
+    "search_distill": BENCHMARKS + "/search/{task}/{student}/{method}/{point}/seed{seed}.tsv",
+}
+
+# What each of those jobs writes last (the output `snakemake --summary` lists; workflow/rules/*.smk)
+JOB_OUTPUT = {
+    "finetune_teacher": TEACHER + "/" + RECORD,
+    "cache_teacher_logits": TEACHER + "/train_logits.pt",
+    "cache_teacher": TEACHER + "/teacher_cache/manifest.json",
+    "search_teacher_logits": TEACHER + "/search_train_logits.pt",
+    "distill": RUN + "/" + RECORD,
+    "search_distill": SEARCH_RUN + "/" + RECORD,
+}
+
+
+def pattern_regex(pattern: str) -> re.Pattern:
+    """A regex matching a path made from a template (each `{field}` a named group, one path part), to the end."""
+    fields = re.split(r"(\{\w+\})", pattern)
+    return re.compile("".join(
+        f"(?P<{part[1:-1]}>[^/]+?)" if part.startswith("{") else re.escape(part) for part in fields) + "$")
+
+
+def benchmark_files(study_dir) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """(rule, wildcards, path) of every benchmark file a study's jobs wrote (BENCHMARK), sorted by path;
+    `seed` stays a string as in the file name."""
+    study_dir = Path(study_dir)
+    found = []
+    for rule, pattern in BENCHMARK.items():
+        regex = pattern_regex(pattern)
+        for path in study_dir.glob(re.sub(r"\{\w+\}", "*", pattern)):
+            match = regex.match(path.relative_to(study_dir).as_posix())
+            if match:
+                found.append((rule, match.groupdict(), path))
+    return iter(sorted(found, key=lambda item: str(item[2])))

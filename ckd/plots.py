@@ -19,19 +19,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ckd import paths
-from ckd.aggregate import (
-    Column,
-    cell,
-    flatten_options,
-    group_records,
-    is_ckd_variant,
-    method_changes,
-    study_columns,
-)
 from ckd.atomic import atomic_write_bytes
 from ckd.errors import CkdError
+from ckd.frame import runs_frame
 from ckd.records import model_info, row_method_base, study_records
 from ckd.stats import lookup_metric, mean_std
+from ckd.tables.ablation import flatten_options, is_ckd_variant, method_changes
+from ckd.tables.common import Column, cell, frame_groups, study_columns
 
 Log = Callable[[str], None]
 SCORE_LABEL = {"final": "final", "best": "best-on-dev"}
@@ -360,7 +354,7 @@ def plot_study(study_dir: str | Path, out_dir: str | Path | None = None, *, scor
     if loaded.unplanned:
         log(f"left out {len(loaded.unplanned)} record(s) of runs the study no longer plans (not in {expected})")
     records = loaded.records  # a TinyBERT first stage has no scores but a training curve
-    groups = group_records(records)
+    groups = frame_groups(runs_frame(loaded), {r["_path"]: r for r in records}, intermediate=True)
     columns = study_columns(r["task"] for r in records)
     written = []
     written += plot_ablation(groups, columns, score, out_dir, log)

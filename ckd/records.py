@@ -110,10 +110,25 @@ def row_method_base(record: dict) -> str:
     return str(record.get("method_base") or record["method"])
 
 
+SCORE_KINDS = ("final", "best")
+
+
 def _number(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return math.nan
+
+
+def record_cells(record: dict) -> list[dict]:
+    """The (score, split, metric, value) cells of a record's metrics, values as fractions (NaN when not finite)."""
+    cells = []
+    for score in SCORE_KINDS:
+        block = (record.get("metrics") or {}).get(score) or {}
+        for split, values in block.items():
+            if split == "step" or not isinstance(values, dict):
+                continue
+            cells += [dict(score=score, split=split, metric=metric, value=_number(value)) for metric, value in values.items()]
+    return cells
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -145,13 +160,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "train_s": _number(timing.get("train_s")),
             "eval_ms_per_example": _number(timing.get("eval_ms_per_example")),
         }
-        for score in ("final", "best"):
-            block = metrics.get(score) or {}
-            for split, values in block.items():
-                if split == "step" or not isinstance(values, dict):
-                    continue
-                for metric, value in values.items():
-                    row[f"{score}.{split}.{metric}"] = _number(value)
+        row.update({f"{c['score']}.{c['split']}.{c['metric']}": c["value"] for c in record_cells(record)})
         rows.append(row)
     return pd.DataFrame(rows)
 

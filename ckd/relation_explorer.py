@@ -1,12 +1,12 @@
 """The relation explorer of the relations notebook: a teacher and a student checkpoint on one input,
-the distributions and angles the four CKD relation terms compare (heatmaps), and the terms' values
+the distributions and angles the four CKD relation terms compare (by their dense definition,
+`ckd.losses.relations_dense`; drawn by `ckd.relation_figures`, re-exported here), and the terms' values
 from `ckd.losses.relations` with the run's layer map, window and weights. Run folders are found with
 `ckd.paths`; `ckd.explore` re-exports everything here."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from ckd import paths
 from ckd.errors import CkdError
-from ckd.plots import agg_figure
+from ckd.relation_figures import ltr_figure, wr_pair_figure, wr_triple_figure
 
 
 @dataclass
@@ -107,8 +106,8 @@ def _saved_runs(study_dir, task: str | None = None, method: str | None = None, m
 def default_task(study_dir: str | os.PathLike, method: str = "ckd") -> str:
     """A task of the study with a saved `method` student: single-sentence tasks first (shorter inputs,
     clearer heatmaps), then in table order."""
-    from ckd.aggregate import task_sort_key
     from ckd.data.tasks import get_task
+    from ckd.tables.common import task_sort_key
 
     tasks = {run.task for run, _ in _saved_runs(study_dir, method=method)}
     if not tasks:
@@ -179,31 +178,6 @@ def _load(model_dir: Path, task: str | None):
             hf_logging.enable_progress_bar()
     built.model.eval()
     return built
-
-
-def _pair_distributions(states) -> np.ndarray:
-    """Row softmax (over j != i) of cosines between the rows of each (m, d) matrix in a (..., m, d) array."""
-    import torch
-
-    h = torch.as_tensor(states, dtype=torch.float64)
-    unit = torch.nn.functional.normalize(h, dim=-1)
-    cos = unit @ unit.transpose(-1, -2)
-    m = h.shape[-2]
-    if m < 2:
-        return np.zeros(tuple(h.shape[:-1]) + (m,))
-    eye = torch.eye(m, dtype=torch.bool)
-    return cos.masked_fill(eye, -math.inf).softmax(dim=-1).masked_fill(eye, 0.0).numpy()
-
-
-def _angles(states) -> np.ndarray:
-    """psi(i; j, k) = cos of the angle at i between h_j and h_k, for (m, d) -> (m, m, m); 0 when j or k == i."""
-    import torch
-
-    h = torch.as_tensor(states, dtype=torch.float64)
-    diff = h.unsqueeze(0) - h.unsqueeze(1)          # diff[i, j] = h_j - h_i
-    norm = diff.norm(dim=-1, keepdim=True)
-    unit = torch.where(norm > 1e-12, diff / norm.clamp_min(1e-12), torch.zeros_like(diff))
-    return (unit @ unit.transpose(-1, -2)).numpy()   # [i, j, k]
 
 
 def _method_settings(record: dict | None) -> tuple[dict[str, float], dict]:
@@ -308,8 +282,6 @@ def explore_relations(student: str | os.PathLike, teacher: str | os.PathLike | N
     per_token_frame = pd.DataFrame(per_token)
     per_token_frame.insert(1, "token", tokens)
 
-    t_np = [h[0].double().numpy() for h in t_states]
-    s_np = [h[0].double().numpy() for h in s_states]
     labels = _label_names(task, t_out.logits.shape[-1])
     predictions = pd.DataFrame({
         "label": labels,
@@ -319,14 +291,24 @@ def explore_relations(student: str | os.PathLike, teacher: str | os.PathLike | N
     return RelationView(
         text=text, text_b=text_b, tokens=tokens, teacher=str(teacher_dir), student=str(student_dir), task=task,
         layer_map=map_name, pairs=[tuple(p) for p in lmap.pairs], window=window,
-        wr_teacher=np.stack([_pair_distributions(h) for h in t_np]),
-        wr_student=np.stack([_pair_distributions(h) for h in s_np]),
-        ltr_teacher=_pair_distributions(np.stack(t_np, axis=1)),
-        ltr_student=_pair_distributions(np.stack(s_np, axis=1)),
-        angle_teacher=np.stack([_angles(h) for h in t_np]), angle_student=np.stack([_angles(h) for h in s_np]),
+        **_heatmap_data("teacher", t_states), **_heatmap_data("student", s_states),
         losses=losses, per_layer=pd.DataFrame(per_layer), per_token=per_token_frame, predictions=predictions,
         record=record,
     )
+
+
+def _heatmap_data(side: str, states) -> dict[str, np.ndarray]:
+    """The RelationView fields of one side from its K mapped (1, n, d) states, by the dense definition
+    (ckd.losses.relations_dense): WR pair (K, n, n), LTR pair (n, K, K) distributions, angles (K, n, n, n)."""
+    import torch
+
+    from ckd.losses.relations_dense import angles, off_diagonal, pair_distributions
+
+    h = torch.stack([layer[0] for layer in states]).double()  # (K, n, d)
+    K, n = h.shape[:2]
+    return {f"wr_{side}": pair_distributions(h, off_diagonal(n)).numpy(),
+            f"ltr_{side}": pair_distributions(h.transpose(0, 1), off_diagonal(K)).numpy(),
+            f"angle_{side}": angles(h).numpy()}
 
 
 def _label_names(task: str | None, count: int) -> list[str]:
@@ -345,117 +327,6 @@ def _probabilities(logits, task: str | None) -> list[float]:
     if logits.shape[-1] == 1:
         return [float(logits[0])]
     return logits.double().softmax(-1).tolist()
-
-
-def _off_diagonal(matrix: np.ndarray) -> np.ndarray:
-    """The matrix with its diagonal (j = i, excluded from every pair softmax) set to NaN (drawn grey)."""
-    out = np.array(matrix, dtype=float)
-    np.fill_diagonal(out, np.nan)
-    return out
-
-
-def _range(*matrices: np.ndarray) -> tuple[float, float]:
-    values = np.concatenate([m[np.isfinite(m)].ravel() for m in matrices])
-    if not values.size:
-        return 0.0, 1.0
-    lo, hi = float(values.min()), float(values.max())
-    return (lo, hi) if hi > lo else (lo - 1e-9, hi + 1e-9)
-
-
-def _heatmap(ax, matrix: np.ndarray, labels: Sequence[str] | None, title: str, vmax: float, cmap: str = "viridis",
-             vmin: float = 0.0):
-    from matplotlib import colormaps
-
-    palette = colormaps[cmap].with_extremes(bad="lightgrey")
-    image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap=palette)
-    if labels is not None:
-        ticks = range(len(labels))
-        size = 6 if len(labels) <= 20 else 5
-        ax.set_xticks(ticks, labels, rotation=90, fontsize=size)
-        ax.set_yticks(ticks, labels, fontsize=size)
-    ax.set_title(title, fontsize=8)
-    return image
-
-
-def wr_pair_figure(view: RelationView) -> Figure:
-    """WR pair distributions per mapped layer: teacher on top, student below, one column per layer
-    pair, each column on one colour scale; the title gives that layer's WR pair loss."""
-    K = len(view.pairs)
-    n = len(view.tokens)
-    size = max(2.6, min(5.0, 0.16 * n + 1.2))
-    fig = agg_figure(Figure(figsize=(size * K + 1.2, 2 * size + 0.8), layout="constrained"))
-    for k, (t, s) in enumerate(view.pairs):
-        t_mat, s_mat = _off_diagonal(view.wr_teacher[k]), _off_diagonal(view.wr_student[k])
-        vmin, vmax = _range(t_mat, s_mat)
-        loss = view.per_layer.iloc[k]["wr_pair"]
-        top = fig.add_subplot(2, K, k + 1)
-        _heatmap(top, t_mat, view.tokens, f"teacher h[{t}]", vmax, vmin=vmin)
-        bottom = fig.add_subplot(2, K, K + k + 1)
-        image = _heatmap(bottom, s_mat, view.tokens, f"student h[{s}] · WR pair KL {loss:.3g}", vmax, vmin=vmin)
-        fig.colorbar(image, ax=[top, bottom], shrink=0.6)
-    fig.suptitle("Word Relation (pair): row i = softmax over j≠i of cos(h_i, h_j)", fontsize=10)
-    return fig
-
-
-def ltr_figure(view: RelationView, positions: Sequence[int] | None = None, count: int = 3) -> Figure:
-    """LTR pair distributions (K x K over the mapped layers), teacher on top and student below: the
-    average over tokens, then the tokens given by `positions` (default: the `count` tokens with the
-    largest LTR pair loss)."""
-    if positions is None:
-        positions = list(view.per_token.sort_values("ltr_pair", ascending=False)["position"][:count])
-    panels = [("mean over tokens", view.ltr_teacher.mean(axis=0), view.ltr_student.mean(axis=0), None)]
-    for p in positions:
-        row = view.per_token.iloc[int(p)]
-        panels.append((f"'{view.tokens[int(p)]}' (pos {int(p)})", view.ltr_teacher[int(p)], view.ltr_student[int(p)],
-                       row["ltr_pair"]))
-    names = view.layer_names()
-    t_names = [f"T{t}" for t, _ in view.pairs]
-    s_names = [f"S{s}" for _, s in view.pairs]
-    fig = agg_figure(Figure(figsize=(2.9 * len(panels) + 0.8, 5.8), layout="constrained"))
-    for c, (title, t_mat, s_mat, loss) in enumerate(panels):
-        t_mat, s_mat = _off_diagonal(t_mat), _off_diagonal(s_mat)
-        vmin, vmax = _range(t_mat, s_mat)
-        top = fig.add_subplot(2, len(panels), c + 1)
-        _heatmap(top, t_mat, t_names, f"teacher · {title}", vmax, cmap="magma", vmin=vmin)
-        bottom = fig.add_subplot(2, len(panels), len(panels) + c + 1)
-        extra = f" · LTR pair KL {loss:.3g}" if loss is not None else ""
-        image = _heatmap(bottom, s_mat, s_names, f"student{extra}", vmax, cmap="magma", vmin=vmin)
-        fig.colorbar(image, ax=[top, bottom], shrink=0.6)
-    fig.suptitle(f"Layer Transforming Relation (pair) over mapped layers {', '.join(names)}: "
-                 "row a = softmax over b≠a of cos(e_a, e_b)", fontsize=10)
-    return fig
-
-
-def wr_triple_figure(view: RelationView, position: int | None = None, layer: int = -1) -> Figure:
-    """WR triple angles psi(i; j, k) at one centre token i in one mapped layer (teacher, student, and
-    student − teacher): what the triple term matches, restricted to the window the run used."""
-    K = len(view.pairs)
-    k = layer % K
-    n = len(view.tokens)
-    if position is None:
-        position = n // 2
-    lo, hi = 0, n
-    if view.window is not None:
-        half = (view.window - 1) // 2
-        lo, hi = max(0, position - half), min(n, position + half + 1)
-    t_mat = view.angle_teacher[k, position, lo:hi, lo:hi]
-    s_mat = view.angle_student[k, position, lo:hi, lo:hi]
-    labels = view.tokens[lo:hi]
-    size = max(3.0, min(5.0, 0.18 * (hi - lo) + 1.4))
-    fig = agg_figure(Figure(figsize=(3 * size + 1.5, size + 1.0), layout="constrained"))
-    t, s = view.pairs[k]
-    diff = s_mat - t_mat
-    spread = max(float(np.abs(diff).max()), 1e-6)
-    for c, (title, matrix, cmap, vmin) in enumerate((
-            (f"teacher h[{t}]", t_mat, "coolwarm", -1.0), (f"student h[{s}]", s_mat, "coolwarm", -1.0),
-            ("student − teacher", diff, "PuOr", -spread))):
-        ax = fig.add_subplot(1, 3, c + 1)
-        image = _heatmap(ax, matrix, labels, title, -vmin, cmap=cmap, vmin=vmin)
-        fig.colorbar(image, ax=ax, shrink=0.7)
-    window = "all tokens" if view.window is None else f"window {view.window}"
-    fig.suptitle(f"Word Relation (triple): angles at centre '{view.tokens[position]}' (pos {position}), "
-                 f"layers T{t}↔S{s}, {window}", fontsize=10)
-    return fig
 
 
 def compare_students(study_dir: str | os.PathLike, task: str, methods: Sequence[str], text: str,

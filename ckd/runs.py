@@ -266,6 +266,9 @@ def _run(kind: str, config: dict[str, Any], runtime, force: bool, folder: RunFol
             data_fingerprints=fingerprints, wall_seconds=time.time() - started, eval_ms_per_example=eval_ms,
             runtime=runtime.to_record(),
         )
+        from ckd.general.regime import training_regime
+
+        record.update(training_regime(model_spec, teacher_built is not None))  # regime: ckd.general.regime
         folder.write_record(record)  # record.json last (with its second name, ckd.run_dir)
         ckpt.remove_checkpoints(run_dir)
     pause_point("run-finished")

@@ -13,6 +13,7 @@ from ckd.aggregate import aggregate_study
 from ckd.cli import main
 from ckd.errors import CkdError
 from ckd.records import load_predictions, load_records, records_frame
+from tests.fixtures.markdown import compact_markdown
 from tests.fixtures.study import write_run
 
 LABELS = [0, 1, 0, 1, 1, 0, 1, 0]
@@ -67,12 +68,12 @@ def test_main_table_hand_computed(study: Path):
     assert _row(main_csv, "bert-base", "teacher")["avg"] == pytest.approx(79.0)
     assert set(main_csv["score"]) == {"final"}
 
-    assert "Score: final" in (out / "main.md").read_text()
+    assert "Score: final" in compact_markdown((out / "main.md").read_text())
 
 
 def test_column_order_and_missing_cell(study: Path):
     aggregate_study(study, n_boot=200)
-    md = (study / "tables" / "main.md").read_text()
+    md = compact_markdown((study / "tables" / "main.md").read_text())
     header = next(line for line in md.splitlines() if line.startswith("| Model"))
     assert header == "| Model | Params | Method | RTE | MRPC | GLUE avg |"  # paper order: RTE, then MRPC
     assert "| 3L-384 | 17.4M | kd | 62.0 ± 2.0 (3) | 82.0 ± 2.8 (2) | 72.0 |" in md
@@ -95,7 +96,7 @@ def test_paper_delta(study: Path):
     teacher_rte = delta[(delta["method"] == "teacher") & (delta["column"] == "RTE")].iloc[0]
     assert teacher_rte["delta"] == pytest.approx(70.0 - 69.3)
     assert "ckd-wr" not in set(delta["method"])  # variants have no paper row
-    md = (study / "tables" / "paper_delta.md").read_text()
+    md = compact_markdown((study / "tables" / "paper_delta.md").read_text())
     assert "|  | 6L-768 | KD (task-specific) | paper | 67.5 | 82.8 | [2] |" in md
     assert "| 3L-384 | 3L-384 | kd | ours | 62.0 ± 2.0 (3) | 76.0 ± 1.4 (2)† |  |" in md
     assert "|  |  |  | Δ ours − paper | −5.5 | −6.8 |  |" in md
@@ -106,7 +107,7 @@ def test_ablation_and_significance(study: Path):
     ablation = pd.read_csv(study / "tables" / "ablation.csv")
     wr = ablation[(ablation["method"] == "ckd-wr") & (ablation["column"] == "RTE")].iloc[0]
     assert wr["delta_vs_ckd"] == pytest.approx(-4.0) and wr["changes"] == "window=5"
-    assert "63.0 (1) (Δ −4.0)" in (study / "tables" / "ablation.md").read_text()
+    assert "63.0 (1) (Δ −4.0)" in compact_markdown((study / "tables" / "ablation.md").read_text())
 
     sig = pd.read_csv(study / "tables" / "significance.csv")
     ckd = sig[(sig["method"] == "ckd") & (sig["column"] == "RTE")].iloc[0]
@@ -115,7 +116,7 @@ def test_ablation_and_significance(study: Path):
     assert ckd["p_signflip"] == pytest.approx(1 / 8)
     wr = sig[(sig["method"] == "ckd-wr") & (sig["column"] == "RTE")].iloc[0]
     assert pd.isna(wr["p_bootstrap"]) and "no predictions: ckd-wr seed 1" in wr["note"]
-    md = (study / "tables" / "significance.md").read_text()
+    md = compact_markdown((study / "tables" / "significance.md").read_text())
     assert "+100.0 [+100.0, +100.0] p<2e-3 (3)" in md
     assert "no predictions: ckd-wr seed 1" in md
     assert "one-sided" in md
@@ -128,14 +129,14 @@ def test_missing_inferred_and_expected(study: Path, tmp_path: Path):
     assert len(missing) == 9
     started = missing[missing["status"].str.startswith("started")]
     assert started[["task", "method", "seed"]].values.tolist() == [["mrpc", "kd", 3]]
-    assert "20 expected, 11 finished, 9 missing" in (study / "tables" / "missing.md").read_text()
+    assert "20 expected, 11 finished, 9 missing" in compact_markdown((study / "tables" / "missing.md").read_text())
 
     expected = tmp_path / "expected.json"
     expected.write_text(json.dumps([{"task": "rte", "student": "3L-384", "method": "kd", "seed": s} for s in (1, 2, 3, 4)]))
     aggregate_study(study, n_boot=100, expected=expected)
     missing = pd.read_csv(study / "tables" / "missing.csv")
     assert missing[["task", "seed", "status"]].values.tolist() == [["rte", 4, "not started"]]
-    assert "not in the expected list" in (study / "tables" / "missing.md").read_text()
+    assert "not in the expected list" in compact_markdown((study / "tables" / "missing.md").read_text())
 
 
 def test_best_score_and_records_frame(study: Path):
@@ -150,7 +151,7 @@ def test_best_score_and_records_frame(study: Path):
     aggregate_study(study, score="best", n_boot=50)
     main_csv = pd.read_csv(study / "tables" / "main.csv")
     assert set(main_csv["score"]) == {"best"}
-    assert "best-on-dev" in (study / "tables" / "main.md").read_text()
+    assert "best-on-dev" in compact_markdown((study / "tables" / "main.md").read_text())
 
 
 def test_bad_records_are_named(tmp_path: Path):
@@ -192,7 +193,7 @@ def test_record_without_dev_metrics_is_a_missing_cell(tmp_path: Path):
     aggregate_study(root, n_boot=50)
     main_csv = pd.read_csv(root / "tables" / "main.csv")
     assert _row(main_csv, "3L-384", "ckd")["RTE_n"] == 0
-    assert "no predictions: ckd seed 1" in (root / "tables" / "significance.md").read_text()
+    assert "no predictions: ckd seed 1" in compact_markdown((root / "tables" / "significance.md").read_text())
 
 
 def test_ablation_changes_from_resolved_methods(tmp_path: Path):
@@ -224,9 +225,9 @@ def test_runs_the_study_no_longer_plans_are_not_table_rows(tmp_path: Path):
     main_csv = pd.read_csv(tables / "main.csv")
     assert list(main_csv["method"]) == ["kd"] and "MRPC" not in main_csv.columns
     assert main_csv["RTE"].tolist() == [pytest.approx(62.0)] and main_csv["RTE_n"].tolist() == [2]
-    assert "pkd" not in (tables / "significance.md").read_text() and "pkd" not in (tables / "main.md").read_text()
+    assert "pkd" not in compact_markdown((tables / "significance.md").read_text()) and "pkd" not in compact_markdown((tables / "main.md").read_text())
     assert sorted(pd.read_csv(tables / "runs.csv")["method"]) == ["kd", "kd"]
-    missing = (tables / "missing.md").read_text()
+    missing = compact_markdown((tables / "missing.md").read_text())
     assert "4 finished run(s) not in the expected list (no longer planned), left out of the tables" in missing
     assert "mrpc/3L-384/kd/seed1" in missing and "rte/3L-384/pkd/seed2" in missing
     # without an expected list every record is a row, as before
@@ -246,3 +247,27 @@ def test_settings_file_records_what_the_tables_were_made_with(study: Path):
     (study / "tables" / "aggregate.json").write_text("{not json")
     with pytest.raises(CkdError, match="aggregate.json: unreadable"):
         read_settings(study / "tables")
+
+
+def test_task_agnostic_rows_are_labelled_and_compared_with_the_papers_task_agnostic_row(study: Path):
+    """A record's `regime` reaches the frame, the main table's method cell and the paper row it is
+    compared with: a task-agnostic ckd row against the paper's task-agnostic CKD RTE 70.1 (the
+    task-specific one is 67.3)."""
+    for seed, acc in ((1, 0.68), (2, 0.70)):  # 69.0 ± 1.4
+        path = write_run(study, "rte", "3L-general", "ckd", seed, {"dev": {"accuracy": acc}})
+        record_path = path / "record.json" if path.is_dir() else path
+        record = json.loads(record_path.read_text())
+        record["regime"] = "task-agnostic"
+        record_path.write_text(json.dumps(record))
+    aggregate_study(study, n_boot=50)
+    main_md = compact_markdown((study / "tables" / "main.md").read_text())
+    assert "| 3L-general | 17.4M | ckd [task-agnostic] | 69.0 ± 1.4 (2) |" in main_md
+    assert "| 3L-384 | 17.4M | ckd | 67.0 ± 2.6 (3) |" in main_md  # the task-specific row unchanged
+    delta = pd.read_csv(study / "tables" / "paper_delta.csv")
+    rows = delta[(delta["method"] == "ckd") & (delta["column"] == "RTE")].set_index("student")
+    assert rows.loc["3L-general", "paper_regime"] == "task-agnostic"
+    assert rows.loc["3L-general", "delta"] == pytest.approx(69.0 - 70.1)
+    assert rows.loc["3L-384", "paper_regime"] == "task-specific"
+    scores = pd.read_csv(study / "tables" / "scores.csv")
+    assert set(scores.loc[scores["student"] == "3L-general", "regime"]) == {"task-agnostic"}
+    assert set(scores.loc[scores["student"] == "3L-384", "regime"]) == {"task-specific"}

@@ -93,3 +93,10 @@ def test_override_needs_equals_sign():
 def test_fingerprint_is_order_independent():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_distill_flags_are_booleans():
+    base = ["task=rte", "output_dir=x", "student.name_or_path=x", "method=kd"]
+    with pytest.raises(ConfigError, match=r"config key use_task_settings must be true or false, got 'maybe'"):
+        resolve_config("distill", None, base + ["use_task_settings=maybe"])
+    assert resolve_config("distill", None, base + ["use_task_settings=false"])["use_task_settings"] is False

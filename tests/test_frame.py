@@ -44,7 +44,8 @@ def test_one_row_per_run_score_split_metric_with_flags(study):
     kd = frame[(frame["task"] == "rte") & (frame["method"] == "kd") & (frame["score"] == "final")]
     assert sorted(kd["value"]) == [0.60, 0.64] and kd["shown"].all() and not kd["variant"].any()
     variant = frame[frame["method"] == "ckd-w5"]
-    assert variant["variant"].all() and set(variant["method_base"]) == {"ckd"} and set(variant["regime"]) == {"default"}
+    assert variant["variant"].all() and set(variant["method_base"]) == {"ckd"} and set(variant["tuning"]) == {"default"}
+    assert set(frame["regime"]) == {"task-specific"}
     teacher = frame[frame["role"] == "teacher"]
     assert set(teacher["method"]) == {"teacher"} and teacher["stale"].all() and not teacher["shown"].any()
     old = frame[frame["task"] == "sst2"]

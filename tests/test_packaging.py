@@ -2,6 +2,7 @@
 wheel carries the methods file."""
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -49,3 +50,55 @@ def test_wheel_carries_the_methods_file(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "ckd/resources/methods.yaml" in names
     assert zipfile.ZipFile(wheel).read("ckd/resources/methods.yaml") == (REPO / "config/methods.yaml").read_bytes()
+
+
+LIBRARY = """
+import json, subprocess, sys
+import torch
+from ckd.losses import ltr_pair, ltr_triple, wr_pair, wr_triple
+torch.manual_seed(0)
+student = [torch.randn(2, 5, 8, requires_grad=True) for _ in range(3)]
+teacher = [torch.randn(2, 5, 16) for _ in range(3)]
+mask = torch.ones(2, 5, dtype=torch.bool)
+losses = {"wr_pair": wr_pair, "wr_triple": wr_triple, "ltr_pair": ltr_pair, "ltr_triple": ltr_triple}
+values = {name: loss(teacher, student, mask) for name, loss in losses.items()}
+sum(values.values()).backward()
+help_text = subprocess.run([sys.executable, "-m", "ckd.cli", "distill", "--help"], capture_output=True, text=True)
+print(json.dumps({"values": {k: float(v) for k, v in values.items()}, "grad": float(student[0].grad.abs().sum()),
+                  "help_code": help_text.returncode, "help": help_text.stdout}))
+"""
+
+
+def test_wheel_in_a_fresh_environment_with_only_the_core_dependencies(tmp_path):
+    """`pip wheel .`, then a new virtual environment (no site packages of ours) that installs the wheel
+    with its core dependencies only: the four CKD losses compute with gradients, `ckd distill --help`
+    answers, and none of the extras' packages is there. Then the `workflow` extra installs into it and
+    Snakemake plans the embedded demo study (`snakemake -n`)."""
+    wheels, env = tmp_path / "wheels", tmp_path / "env"
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                           str(REPO)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [wheel] = wheels.glob("ckd-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=300)
+    python = env / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True,
+                             timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)
+    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert {"ckd", "torch", "transformers"} <= installed
+    assert sorted(set(EXTRAS_ONLY) & installed) == []
+    done = subprocess.run([str(python), "-c", LIBRARY], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(value > 0 for value in result["values"].values()), result["values"]
+    assert result["grad"] > 0
+    assert result["help_code"] == 0 and "usage: ckd distill" in result["help"]
+    extra = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{wheel}[workflow]"], capture_output=True,
+                           text=True, timeout=900)
+    assert extra.returncode == 0, extra.stderr[-3000:]
+    plan = subprocess.run([str(env / "bin" / "snakemake"), "-n", "--cores", "1", "--quiet", "rules"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PATH": f"{env / 'bin'}:{os.environ['PATH']}"})
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "distill" in plan.stdout and "aggregate" in plan.stdout

@@ -95,8 +95,8 @@ def test_figures_leave_out_what_the_tables_leave_out(tmp_path: Path):
     assert "curves_sst2.png" in names and not any("rte" in name for name in names)
     assert any("left out 2 record(s) of runs the study no longer plans" in m for m in messages)
     assert any("left out 1 stale record(s)" in m for m in messages)
-    from ckd.plots import group_records
     from ckd.records import study_records
+    from ckd.tables.common import group_records
 
     shown = study_records(study, expected).records
     assert ("teacher", "bert-base", "teacher") not in group_records(shown)

@@ -1,5 +1,6 @@
-"""ckd.losses.relations against slow loop references (tests/relations_reference.py) and the
-invariants of METHODS.md ("CKD relation losses")."""
+"""ckd.losses.relations (the fast engine) against the dense definition (ckd.losses.relations_dense),
+the dense definition against hand-computed values and slow loops (tests/relations_reference.py), and
+the invariants of METHODS.md ("CKD relation losses")."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import math
 import pytest
 import torch
 
+from ckd.losses import relations_dense as dense
 from ckd.losses.relations import RELATION_LOSSES, ltr_pair, ltr_triple, wr_pair, wr_triple
 from tests.relations_reference import ref_ltr_pair, ref_ltr_triple, ref_wr_pair, ref_wr_triple
 
 TOL = 1e-9  # float64 fast vs reference, absolute and relative (asked: 1e-6)
+LOOPS = {"wr_pair": ref_wr_pair, "ltr_pair": ref_ltr_pair, "ltr_triple": ref_ltr_triple, "wr_triple": ref_wr_triple}
 
 
 def make_batch(lengths, n, K, d_t=12, d_s=8, *, seed=0, dtype=torch.float64, requires_grad=False):
@@ -27,19 +30,19 @@ def make_batch(lengths, n, K, d_t=12, d_s=8, *, seed=0, dtype=torch.float64, req
     return teacher, student, mask
 
 
-# (name, fast function, reference, keyword arguments) for one window size
+# (name, fast function, keyword arguments) for one window size; dense.DENSE and LOOPS by the function's name
 def variants(window):
     return [
-        ("wr_pair", wr_pair, ref_wr_pair, {}),
-        ("ltr_pair", ltr_pair, ref_ltr_pair, {}),
-        ("ltr_triple", ltr_triple, ref_ltr_triple, {}),
-        (f"wr_triple_w{window}", wr_triple, ref_wr_triple, {"window": window}),
-        (f"wr_triple_w{window}_released", wr_triple, ref_wr_triple, {"window": window, "released_window_quirks": True}),
-        ("wr_triple_full", wr_triple, ref_wr_triple, {"window": None}),
+        ("wr_pair", wr_pair, {}),
+        ("ltr_pair", ltr_pair, {}),
+        ("ltr_triple", ltr_triple, {}),
+        (f"wr_triple_w{window}", wr_triple, {"window": window}),
+        (f"wr_triple_w{window}_released", wr_triple, {"window": window, "released_window_quirks": True}),
+        ("wr_triple_full", wr_triple, {"window": None}),
     ]
 
 
-ALL_LOSSES = [v[:2] + (v[3],) for v in variants(5)]  # (name, fast, kwargs)
+ALL_LOSSES = variants(5)
 WR_TRIPLES = [v for v in ALL_LOSSES if v[0].startswith("wr_triple")]
 
 # K = 3..5 layers, windows 3, 5 and 21 (> n), varied lengths including a length-1 sentence
@@ -49,7 +52,6 @@ CASES = [
     dict(lengths=[1, 16, 3, 10], n=16, K=5, window=21, seed=3),
 ]
 NAMES = ["wr_pair", "ltr_pair", "ltr_triple", "wr_window", "wr_window_released", "wr_full"]
-GRADIENT_CASES = [(which, None) for which in range(6)] + [(which, 2) for which in (3, 4, 5)]
 
 
 def val(t: torch.Tensor) -> float:
@@ -63,22 +65,98 @@ def assert_close(fast, ref, tol=TOL):
     assert abs(fast - ref) <= tol * abs(ref), (fast, ref)
 
 
+# ---------------------------------------------------------------- the dense definition on hand-computed values
+
+
+def test_dense_definition_on_hand_computed_values():
+    # Teacher points A = (1, 0), B = (0, 1), C = (1, 1); student A' = (1, 0), B' = (0, 1), C' = (-1, 0).
+    # Cosines: teacher AB 0, AC BC 1/sqrt2; student A'B' B'C' 0, A'C' -1.
+    # Angles psi(i; j, k), j != k != i: teacher at A and B 1/sqrt2, at C 0; student at A' and C' 1/sqrt2,
+    # at B' 0; psi(i; j, j) = 1 and psi(i; i, k) = 0 on both sides.
+    r = 1 / math.sqrt(2)
+    t_points = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    s_points = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(dense.cosines(t_points), torch.tensor([[1, 0, r], [0, 1, r], [r, r, 1]], dtype=torch.float64))
+    psi = dense.angles(t_points)
+    assert psi.shape == (3, 3, 3)
+    assert psi[0, 1, 2] == pytest.approx(r) and psi[1, 0, 2] == pytest.approx(r) and abs(psi[2, 0, 1]) < 1e-15
+    assert psi[0, 1, 1] == pytest.approx(1.0) and (psi[0, 0] == 0).all() and (psi[0, :, 0] == 0).all()
+
+    def kl2(t_logits, s_logits):  # KL between the softmaxes of two logits each
+        p = [math.exp(x) / (math.exp(t_logits[0]) + math.exp(t_logits[1])) for x in t_logits]
+        q = [math.exp(x) / (math.exp(s_logits[0]) + math.exp(s_logits[1])) for x in s_logits]
+        return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+    # rows A, B, C over the two other points
+    pair_sum = kl2([0, r], [0, -1]) + kl2([0, r], [0, 0]) + kl2([r, r], [-1, 0])
+    # angle errors: at B (1/sqrt2 vs 0) and at C (0 vs 1/sqrt2), each for (j, k) and (k, j): 4 * 1/2
+    triple_sum = 2.0
+    # WR: one sentence of the 3 points (K = 1), plus a padded position holding anything
+    pad = torch.tensor([[7.0, -3.0]], dtype=torch.float64)
+    wr_t, wr_s = [torch.cat([t_points, pad])[None]], [torch.cat([s_points, -pad])[None]]
+    mask = torch.tensor([[1, 1, 1, 0]])
+    # LTR: one token whose K = 3 layer vectors are the 3 points
+    ltr_t, ltr_s = list(t_points[:, None, None]), list(s_points[:, None, None])
+    token = torch.ones(1, 1)
+    expected = [
+        (dense.wr_pair(wr_t, wr_s, mask), pair_sum / (1 * 3**2)),
+        (dense.ltr_pair(ltr_t, ltr_s, token), pair_sum / (3**2 * 1)),
+        (dense.wr_triple(wr_t, wr_s, mask, window=None), triple_sum / (1 * 3**3)),
+        # window 3: centre A sees A, B; centre C sees B, C; only centre B keeps its (A, C) angles
+        (dense.wr_triple(wr_t, wr_s, mask, window=3), 1.0 / (1 * 3 * 3**2)),
+        (dense.ltr_triple(ltr_t, ltr_s, token), triple_sum / (3**3 * 1)),
+    ]
+    for value, hand in expected:
+        assert val(value) == pytest.approx(hand, rel=1e-12)
+    # the fast engine gives the same numbers
+    fast = [wr_pair(wr_t, wr_s, mask), ltr_pair(ltr_t, ltr_s, token), wr_triple(wr_t, wr_s, mask, window=None),
+            wr_triple(wr_t, wr_s, mask, window=3), ltr_triple(ltr_t, ltr_s, token)]
+    for value, (_, hand) in zip(fast, expected):
+        assert val(value) == pytest.approx(hand, rel=1e-12)
+
+
+def test_dense_pair_distributions_are_row_softmaxes_without_the_diagonal():
+    h = torch.randn(4, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(21))
+    p = dense.pair_distributions(h, dense.off_diagonal(5))
+    assert p.shape == (4, 5, 5) and (p.diagonal(dim1=-2, dim2=-1) == 0).all()
+    torch.testing.assert_close(p.sum(-1), torch.ones(4, 5, dtype=torch.float64))
+    row = dense.cosines(h)[1, 2, [0, 1, 3, 4]].softmax(0)
+    torch.testing.assert_close(p[1, 2, [0, 1, 3, 4]], row)
+    assert (dense.pair_distributions(h[:, :1], dense.off_diagonal(1)) == 0).all()  # one vector: no pairs
+
+
+# ------------------------------------------ the dense definition against loops, the fast engine against it
+
+CHAINS = ["dense-vs-loops", "fast-vs-dense"]
+
+
+def checked_and_reference(chain, fast):
+    """(the implementation checked, its reference) for a fast function."""
+    if chain == "dense-vs-loops":
+        return dense.DENSE[fast.__name__], LOOPS[fast.__name__]
+    return fast, dense.DENSE[fast.__name__]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"K{c['K']}-w{c['window']}")
 @pytest.mark.parametrize("which", range(6), ids=NAMES)
-def test_fast_matches_loop_reference(case, which):
-    name, fast, ref, kwargs = variants(case["window"])[which]
+@pytest.mark.parametrize("chain", CHAINS)
+def test_value_matches_reference(chain, case, which):
+    name, fast, kwargs = variants(case["window"])[which]
+    checked, reference = checked_and_reference(chain, fast)
     teacher, student, mask = make_batch(case["lengths"], case["n"], case["K"], seed=case["seed"])
-    value = fast(teacher, student, mask, **kwargs)
+    value = checked(teacher, student, mask, **kwargs)
     assert value.dtype == torch.float64 and value.dim() == 0
     with torch.no_grad():
-        expected = ref(teacher, student, mask, **kwargs)
+        expected = reference(teacher, student, mask, **kwargs)
     assert expected > 0
     assert_close(value, expected)
 
 
 @pytest.mark.parametrize("which", range(6), ids=NAMES)
-def test_reference_match_with_coincident_points_and_empty_sentence(which):
-    name, fast, ref, kwargs = variants(5)[which]
+@pytest.mark.parametrize("chain", CHAINS)
+def test_value_matches_reference_with_coincident_points_and_empty_sentence(chain, which):
+    name, fast, kwargs = variants(5)[which]
+    checked, reference = checked_and_reference(chain, fast)
     teacher, student, mask = make_batch([9, 0, 4, 1], 10, 3, seed=4)
     for states in (teacher, student):
         for h in states:
@@ -86,21 +164,26 @@ def test_reference_match_with_coincident_points_and_empty_sentence(which):
             h[2, 1] = h[2, 0]
     student[1][0, 5] = student[1][0, 4]  # a coincidence in the student only
     teacher[2][:, 6] = teacher[1][:, 6]  # and two layers that agree on a token (LTR)
-    value = fast(teacher, student, mask, **kwargs)
+    value = checked(teacher, student, mask, **kwargs)
     with torch.no_grad():
-        expected = ref(teacher, student, mask, **kwargs)
+        expected = reference(teacher, student, mask, **kwargs)
     assert_close(value, expected)
 
 
-@pytest.mark.parametrize("which,chunk_size", GRADIENT_CASES, ids=[f"{NAMES[w]}-chunk{c}" for w, c in GRADIENT_CASES])
-def test_gradients_match_loop_reference(which, chunk_size):
-    name, fast, ref, kwargs = variants(3)[which]
+# the dense definition against loops; the fast engine against it, also with blocks of 2 centres (recomputed in backward)
+GRADIENT_CASES = ([("dense-vs-loops", which, None) for which in range(6)] + [("fast-vs-dense", which, None) for which in range(6)]
+                  + [("fast-vs-dense", which, 2) for which in (3, 4, 5)])
+
+
+@pytest.mark.parametrize("chain,which,chunk_size", GRADIENT_CASES, ids=[f"{c}-{NAMES[w]}-chunk{k}" for c, w, k in GRADIENT_CASES])
+def test_gradients_match_reference(chain, which, chunk_size):
+    name, fast, kwargs = variants(3)[which]
+    checked, reference = checked_and_reference(chain, fast)
+    teacher, student, mask = make_batch([6, 4, 1], 6, 3, d_t=5, d_s=4, seed=5, requires_grad=True)
+    expected = torch.autograd.grad(reference(teacher, student, mask, **kwargs), student)
     if chunk_size is not None:
-        kwargs = {**kwargs, "chunk_size": chunk_size}  # several blocks, recomputed in backward
-    teacher, student, mask = make_batch([6, 4], 6, 3, d_t=5, d_s=4, seed=5, requires_grad=True)
-    grads = torch.autograd.grad(fast(teacher, student, mask, **kwargs), student)
-    ref_kwargs = {k: v for k, v in kwargs.items() if k != "chunk_size"}
-    expected = torch.autograd.grad(ref(teacher, student, mask, **ref_kwargs), student)
+        kwargs = {**kwargs, "chunk_size": chunk_size}
+    grads = torch.autograd.grad(checked(teacher, student, mask, **kwargs), student)
     for g, e in zip(grads, expected):
         assert e.abs().max() > 0
         torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-10)

@@ -19,6 +19,7 @@ from ckd.records import RecordError
 from ckd.runs import execute
 from ckd.search import grid_points, point_name, select
 from tests.conftest import job_counts, snakemake
+from tests.fixtures.markdown import compact_markdown
 from tests.fixtures.study import write_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -230,14 +231,14 @@ def test_selected_settings_table_and_dev_label(tmp_path):
     write_run(study / "search", "mrpc", "3L-384", "kd", 7, {"dev": {"f1": 0.1, "accuracy": 0.1}})
     tables = study / "tables"
     aggregate_study(study, tables, n_boot=10)
-    table = (tables / "selected_settings.md").read_text()
+    table = compact_markdown((tables / "selected_settings.md").read_text())
     assert "| MRPC | 3L-384 | kd | alpha=0.5 | f1 81.0 | dev (dev) — as the papers did; optimistic | 2 | 2 |" in table
     assert "| pkd |" not in table and "1 selection(s) under search/selected/ match no tabulated run's settings" in table
     for name in ("main", "paper_delta", "significance", "ablation"):
-        text = (tables / f"{name}.md").read_text()
+        text = compact_markdown((tables / f"{name}.md").read_text())
         assert "[settings selected on dev]" in text.splitlines()[0], name
         assert "Settings of kd: chosen by grid search ON THE DEV SET" in text, name
-    main = (tables / "main.md").read_text()
+    main = compact_markdown((tables / "main.md").read_text())
     assert "80.0 (1)" in main and "10.0" not in main
     csv = (tables / "selected_settings.csv").read_text().splitlines()
     assert csv[0].startswith("task,student,method,selection,split,metric") and len(csv) == 2
@@ -320,15 +321,15 @@ def test_the_winner_is_rerun_on_the_report_seeds_on_the_full_training_set(tiny_s
     assert set(report["data_fingerprint"]) == {"train", "dev"} and "dev" in report["metrics"]["final"]
     search = json.loads(next((tiny_search / "search" / "runs").rglob("record.json")).read_text())
     assert report["data_fingerprint"]["train"] != search["data_fingerprint"]["train"]  # full vs carved-out
-    table = (tiny_search / "tables" / "selected_settings.md").read_text()
+    table = compact_markdown((tiny_search / "tables" / "selected_settings.md").read_text())
     assert f"| Syn-Sentiment | s | kd | alpha={float(winner[5:])} |" in table
     assert "split carved from train (10%, at most 2000, seed 0) | 2 | 2 |" in table
-    main = (tiny_search / "tables" / "main.md").read_text()
+    main = compact_markdown((tiny_search / "tables" / "main.md").read_text())
     assert "Settings of kd: chosen by grid search on a split carved from the training set" in main
     assert "selected on dev" not in main
     expected = json.loads((tiny_search / "expected.json").read_text())
     assert all(e["config_fingerprint"] for e in expected)  # the report run's fingerprint, known after selection
-    assert "No missing runs." in (tiny_search / "tables" / "missing.md").read_text()  # and the record carries it
+    assert "No missing runs." in compact_markdown((tiny_search / "tables" / "missing.md").read_text())  # and the record carries it
 
 
 def test_an_interrupted_search_resumes_with_the_missing_points_only(tiny_search):
@@ -384,9 +385,9 @@ def test_tuned_study_plans_an_equal_search_for_every_method(tmp_path):
         "search_distill": tasks * (sum(sizes.values()) + len(search["seeds"])),
         "search_plan": tasks * len(sizes), "select": tasks * len(sizes),
         "distill": tasks * seeds * (len(config["methods"]) + 1),  # + TinyBERT's first stage
-        "expected_runs": 1, "aggregate": 1, "plots": 1, "all": 1,
+        "expected_runs": 1, "aggregate": 1, "plots": 1, "cost": 1, "all": 1,
     }
-    assert sum(expected.values()) == 469
+    assert sum(expected.values()) == 470
     planned = snakemake("-n", "--configfile", "config/tuned.yaml", "--config", f"results_dir={tmp_path}")
     assert planned.returncode == 0, planned.stdout[-3000:]
     assert job_counts(planned.stdout) == expected

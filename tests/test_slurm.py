@@ -4,7 +4,8 @@ workflow/scripts/slurm-local.sh brings up a throwaway Slurm (munged, MariaDB + s
 accounting, slurmctld, slurmd) with two pretend GPUs, in a temporary folder and on free ports; the
 smoke study, cut to one task, one seed and two methods, goes through
 `snakemake --profile workflow/profiles/slurm` and every job through sbatch (checked with sacct); its
-records must equal those of the same runs in the local smoke run (`smoke_results`). A second study
+records must equal those of the same runs in the local smoke run (`smoke_results`). Run again with
+job grouping (CKD_GROUP_RUNS=4) it submits fewer allocations (sacct) and writes the same records. A second study
 has a teacher that cannot be built, which fails on every attempt with attempt-scaled memory and time,
 and a 2-GPU student run under torchrun. Then Slurm goes down. Needs root (apt-get, daemons): CI
 runs as root; elsewhere the Slurm tests are skipped, and under CI=true they fail instead.
@@ -19,6 +20,7 @@ import re
 import socket
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -38,6 +40,10 @@ METHODS = ["kd", "ckd-pair"]
 def study_file(path: Path, results: Path, **changes) -> Path:
     """config/smoke.yaml with a smaller grid (and whatever else `changes` replaces)."""
     config = copy.deepcopy(SMOKE)
+    # without the smoke study's task-agnostic stage (students started from a general-distilled model)
+    config["students"] = {name: spec for name, spec in config["students"].items() if "general" not in spec}
+    for key in ("general", "corpus"):
+        config.pop(key, None)
     config.update({"tasks": ["syn-pair"], "seeds": [1], "methods": METHODS, "results_dir": str(results), **changes})
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -150,9 +156,12 @@ def sacct(env: dict, run_id: str) -> list[dict[str, str]]:
     return [dict(zip(fields, line.split("|"))) for line in done.stdout.splitlines() if line]
 
 
-def run_through_slurm(study: Path, timeout: float) -> tuple[subprocess.CompletedProcess, str]:
+def run_through_slurm(study: Path, timeout: float, group_runs: int = 1) -> tuple[subprocess.CompletedProcess, str]:
+    """The study through the SLURM profile, `group_runs` short runs per allocation (CKD_GROUP_RUNS; 1: each
+    run on its own)."""
     # snakemake() runs under a timeout: a status-check hang fails the test instead of stalling it
-    done = snakemake("--profile", PROFILE, *FAST_STATUS, "--configfile", str(study), timeout=timeout)
+    with mock.patch.dict(os.environ, {"CKD_GROUP_RUNS": str(group_runs)}):
+        done = snakemake("--profile", PROFILE, *FAST_STATUS, "--configfile", str(study), timeout=timeout)
     run_id = re.search(r"SLURM run ID: (\S+)", done.stdout)
     assert run_id, done.stdout[-5000:]
     return done, run_id.group(1)
@@ -162,28 +171,19 @@ def _normalised(path: Path, results: Path) -> dict:
     return json.loads(path.read_text().replace(str(results), "<results>"))
 
 
-def test_smoke_study_through_slurm_matches_local_run(slurm, smoke_results, tmp_path):
-    results = tmp_path / "results"
-    study = study_file(tmp_path / "study.yaml", results)
-    done, run_id = run_through_slurm(study, timeout=480)
-    assert done.returncode == 0, done.stdout[-5000:]
-    counts = job_counts(done.stdout)
-    assert counts == {"all": 1, "aggregate": 1, "distill": len(METHODS), "expected_runs": 1,
-                      "finetune_teacher": 1, "plots": 1}, done.stdout[-5000:]
+@pytest.fixture(scope="module")
+def ungrouped(slurm, tmp_path_factory) -> dict:
+    """The cut smoke study through Slurm, every run an allocation of its own (CKD_GROUP_RUNS=1)."""
+    folder = tmp_path_factory.mktemp("ungrouped")
+    results = folder / "results"
+    done, run_id = run_through_slurm(study_file(folder / "study.yaml", results), timeout=480)
+    return {"done": done, "run_id": run_id, "results": results, "jobs": sacct(slurm["env"], run_id)}
 
-    # every training job went through sbatch, and Slurm's accounting saw each one complete
-    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", done.stdout)
-    jobs = sacct(slurm["env"], run_id)
-    assert sorted(j["JobID"] for j in jobs) == sorted(submitted) and len(jobs) == 1 + len(METHODS), jobs
-    assert {j["State"] for j in jobs} == {"COMPLETED"}, jobs
-    assert {j["Comment"] for j in jobs} == {f"rule_finetune_teacher_wildcards_syn-pair_{TEACHER}_1"} | {
-        f"rule_distill_wildcards_syn-pair_{STUDENT}_{m}_1" for m in METHODS}, jobs
-    for job in jobs:
-        assert job["ReqMem"] == "2000M" and job["Timelimit"] == "00:10:00" and "cpu=1" in job["AllocTRES"], job
 
-    # the same runs as the local smoke study: same configs (but for where they live), same numbers
+def assert_same_records(results: Path, smoke_results: Path, count: int) -> None:
+    """The same runs as the local smoke study: same configs (but for where they live), same numbers."""
     ours = sorted(p.relative_to(results) for p in results.glob("smoke/**/record.json"))
-    assert len(ours) == 1 + len(METHODS), ours
+    assert len(ours) == count, ours
     for relative in ours:
         mine, local = _normalised(results / relative, results), _normalised(smoke_results / relative, smoke_results)
         assert mine["config"] == local["config"], relative
@@ -194,6 +194,50 @@ def test_smoke_study_through_slurm_matches_local_run(slurm, smoke_results, tmp_p
         predictions = relative.parent / "predictions.json"
         assert (results / predictions).read_text() == (smoke_results / predictions).read_text()
     assert (results / "smoke" / "tables" / "main.md").stat().st_size > 0
+
+
+def test_smoke_study_through_slurm_matches_local_run(ungrouped, smoke_results):
+    done, jobs = ungrouped["done"], ungrouped["jobs"]
+    assert done.returncode == 0, done.stdout[-5000:]
+    counts = job_counts(done.stdout)
+    assert counts == {"all": 1, "aggregate": 1, "distill": len(METHODS), "expected_runs": 1,
+                      "finetune_teacher": 1, "plots": 1, "cost": 1}, done.stdout[-5000:]
+
+    # every training job went through sbatch, and Slurm's accounting saw each one complete
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", done.stdout)
+    assert sorted(j["JobID"] for j in jobs) == sorted(submitted) and len(jobs) == 1 + len(METHODS), jobs
+    assert {j["State"] for j in jobs} == {"COMPLETED"}, jobs
+    assert {j["Comment"] for j in jobs} == {f"rule_finetune_teacher_wildcards_syn-pair_{TEACHER}_1"} | {
+        f"rule_distill_wildcards_syn-pair_{STUDENT}_{m}_1" for m in METHODS}, jobs
+    for job in jobs:
+        assert job["ReqMem"] == "2000M" and job["Timelimit"] == "00:10:00" and "cpu=1" in job["AllocTRES"], job
+    assert_same_records(ungrouped["results"], smoke_results, 1 + len(METHODS))
+
+
+def _steps(env: dict, job_id: str) -> list[dict[str, str]]:
+    """The numbered job steps (one srun each) of an allocation, in order, with start and end times."""
+    done = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,State,Start,End"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = [dict(zip(("JobID", "State", "Start", "End"), line.split("|"))) for line in done.stdout.splitlines()]
+    return sorted((r for r in rows if re.fullmatch(rf"{job_id}\.\d+", r["JobID"])), key=lambda r: int(r["JobID"].split(".")[1]))
+
+
+def test_grouped_smoke_study_submits_fewer_jobs_with_the_same_records(slurm, ungrouped, smoke_results, tmp_path):
+    """CKD_GROUP_RUNS=4: the two short runs share one allocation, which runs them one after another and asks
+    for one run's memory and CPUs and the sum of their runtimes; the records are those of the local run."""
+    results = tmp_path / "results"
+    done, run_id = run_through_slurm(study_file(tmp_path / "study.yaml", results), timeout=480, group_runs=4)
+    assert done.returncode == 0, done.stdout[-5000:]
+    jobs = sacct(slurm["env"], run_id)
+    assert {j["State"] for j in jobs} == {"COMPLETED"}, jobs
+    assert len(jobs) == 2 < len(ungrouped["jobs"]) == 1 + len(METHODS), (jobs, ungrouped["jobs"])
+    (group,) = [j for j in jobs if j["Comment"].startswith("rule_runs")]
+    assert (group["ReqMem"], group["Timelimit"]) == ("2000M", "00:20:00") and "cpu=1" in group["AllocTRES"], group
+    steps = _steps(slurm["env"], group["JobID"])
+    assert [s["State"] for s in steps] == ["COMPLETED"] * len(METHODS), steps
+    assert all(a["End"] <= b["Start"] for a, b in zip(steps, steps[1:])), steps  # one after another
+    assert_same_records(results, smoke_results, 1 + len(METHODS))
 
 
 def test_failed_job_is_retried_with_more_memory_and_reported_and_gpu_job_runs_torchrun(slurm, smoke_results, tmp_path):

@@ -12,6 +12,7 @@ import yaml
 
 from ckd.prefetch import study_items
 from tests.conftest import job_counts, snakemake
+from tests.fixtures.markdown import compact_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
@@ -32,12 +33,13 @@ def test_smoke_study_runs_end_to_end(smoke):
     runs = sorted(study.glob("runs/*/*/*/seed*/record.json"))
     n_tasks, n_seeds = len(SMOKE["tasks"]), len(SMOKE["seeds"])
     assert len(teachers) == n_tasks * len(SMOKE["teacher_seeds"])
-    # every method once per (task, seed), TinyBERT twice (its first stage is a run of its own)
-    assert len(runs) == n_tasks * n_seeds * (len(SMOKE["methods"]) + 1)
+    # every student's methods once per (task, seed), TinyBERT twice (its first stage is a run of its own)
+    methods = [m for s in SMOKE["students"].values() for m in s.get("methods") or SMOKE["methods"]]
+    assert len(runs) == n_tasks * n_seeds * (len(methods) + methods.count("tinybert"))
     for name in ("main", "paper_delta", "ablation", "significance"):
         for ext in ("csv", "md", "tex"):
             assert (study / "tables" / f"{name}.{ext}").stat().st_size > 0
-    main = (study / "tables" / "main.md").read_text()
+    main = compact_markdown((study / "tables" / "main.md").read_text())
     for method in SMOKE["methods"]:
         assert f"| {method} |" in main
     assert "No missing runs." in (study / "tables" / "missing.md").read_text()
@@ -67,11 +69,11 @@ def test_deleted_record_reruns_only_that_run_and_its_dependents(smoke):
     record = smoke / SMOKE["study"] / "runs" / SMOKE["tasks"][0] / next(iter(SMOKE["students"])) / "kd" / "seed1" / "record.json"
     record.unlink()
     planned = snakemake("-n", *smoke_args(smoke))
-    assert job_counts(planned.stdout) == {"distill": 1, "aggregate": 1, "plots": 1, "all": 1}, planned.stdout[-3000:]
+    assert job_counts(planned.stdout) == {"distill": 1, "aggregate": 1, "plots": 1, "cost": 1, "all": 1}, planned.stdout[-3000:]
     assert str(record.parent / "record.json") in planned.stdout
     rerun = snakemake("--cores", "2", *smoke_args(smoke))
     assert rerun.returncode == 0, rerun.stdout[-3000:]
-    assert job_counts(rerun.stdout) == {"distill": 1, "aggregate": 1, "plots": 1, "all": 1}
+    assert job_counts(rerun.stdout) == {"distill": 1, "aggregate": 1, "plots": 1, "cost": 1, "all": 1}
     assert record.is_file()
     assert "Nothing to be done" in snakemake("-n", *smoke_args(smoke)).stdout
 
@@ -88,7 +90,7 @@ def expected_jobs(config: dict) -> int:
     """The job count of a study, worked out from its grid: a teacher per (task, teacher, teacher
     seed), plus its logits cache when the study caches them (every study here has a logit-only
     method, kd); a run per (task, student, method, seed), TinyBERT being two runs; then
-    expected_runs, aggregate, plots and all; and one prefetch job when the study reads models or data
+    expected_runs, aggregate, plots, cost and all; and one prefetch job when the study reads models or data
     from the hub."""
     tasks, seeds = len(config["tasks"]), len(config["seeds"])
     teachers = tasks * len(config["teachers"]) * len(config.get("teacher_seeds") or config["seeds"])
@@ -98,10 +100,19 @@ def expected_jobs(config: dict) -> int:
         methods = student.get("methods") or config["methods"]
         runs += tasks * seeds * (len(methods) + ("tinybert" in methods))
     prefetch = 1 if study_items(config) else 0  # ckd prefetch's own list (hub models; GLUE when GLUE_DIR is unset)
-    return teachers + caches + runs + 4 + prefetch
+    # general distillation: one run per general entry a student starts from, one pack per (corpus, tokenizer, length)
+    general = {s["general"] for s in config["students"].values() if "general" in s}
+    entries = [config["general"][name] for name in general]
+    packs = {(e["corpus"], e["teacher"].get("tokenizer") or e["teacher"]["name_or_path"], e.get("max_length", 128)) for e in entries}
+    # DynaBERT: the teacher rewired per task; per (task, objective, seed) the width stage, the depth stage,
+    # the evaluation and the export of every (width, depth); one report
+    dynabert = config.get("dynabert")
+    chains = tasks * len(dynabert["objectives"]) * len(dynabert.get("seeds") or config["seeds"]) if dynabert else 0
+    dynabert_jobs = tasks + 4 * chains + 1 if dynabert else 0
+    return teachers + caches + runs + 5 + prefetch + len(general) + len(packs) + dynabert_jobs
 
 
-@pytest.mark.parametrize("study, jobs", [("paper", 581), ("glue-small", 134), ("ablation", 380)])
+@pytest.mark.parametrize("study, jobs", [("paper", 993), ("glue-small", 135), ("ablation", 381)])
 def test_dry_run_plans_the_study_grid(study, jobs, tmp_path, glue_dir):
     """(With GLUE_DIR set, as in CI: the GLUE studies read it instead of the hub's dataset.)"""
     config = yaml.safe_load((REPO / "config" / f"{study}.yaml").read_text())

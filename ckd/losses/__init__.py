@@ -2,7 +2,9 @@
 
     from ckd.losses import wr_pair, wr_triple, ltr_pair, ltr_triple
 
-CKD's relation terms (`relations`) and the baselines' losses (`logits`, `pkd`, `tinybert`, `minilm`,
+CKD's relation terms (`relations`, the fast Gram-based engine used for training; `relations_dense`,
+the same four losses written formula by formula as explicit tensors, which the tests, the benchmark
+baseline and the relation explorer share) and the baselines' losses (`logits`, `pkd`, `tinybert`, `minilm`,
 `distilbert`); shapes, normalisers and sources are in each function's docstring and docs/methods.md.
 Importing this package needs only torch.
 """

@@ -13,6 +13,9 @@ those of METHODS.md, "CKD relation losses":
                   / (K * sum_b n_b * w^2); ``window=None``: all valid i, j, k, / (K * sum_b n_b^3)
 * ``ltr_triple``: the same angles over the K layer vectors of each token, / (K^3 * sum_b n_b)
 
+The readable definition of the same four terms, tensor by tensor, is ``ckd.losses.relations_dense``;
+tests/test_relations.py checks this engine equal to it (values and gradients).
+
 Everything is computed from Gram matrices (angles via <h_j - h_i, h_k - h_i> = G_jk - G_ij - G_ik +
 G_ii): no (B, n, n, d), (B, n, w, d) or (B, n, n, n) tensor is ever built. WR terms take one
 (B, n, n) Gram matrix per layer and side (on CPU with right padding, products over each sentence's

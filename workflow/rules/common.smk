@@ -269,6 +269,9 @@ def _common_args(
 
 
 def _model(spec, name):
+    # a student that starts from a general-distillation entry (general.smk)
+    if "general" in spec:
+        return general_student_spec(spec, name)
     return {**spec, "name": name}
 
 
@@ -298,7 +301,7 @@ def distill_inputs(wildcards):
     search.smk) the search's own first stage and logits."""
     method = METHODS[wildcards.method]
     point = search_point(wildcards)
-    inputs = hub_inputs()
+    inputs = {**hub_inputs(), **general_inputs(wildcards.student)}  # general.smk
     if method.needs_teacher:
         inputs["teacher"] = f"{_teacher_dir(wildcards)}/record.json"
         if method.logits_only and config["teacher_logits"]:
@@ -418,6 +421,11 @@ def cache_teacher_args(wildcards):
         }
     )
     specs = [config["students"][s]["model"] for s in students]
+    specs = [  # a general student: its depth from its general entry (general.smk); none if it reads no cache
+        general_cache_spec(s) if "general" in spec else spec
+        for spec, s in zip(specs, students)
+    ]
+    specs = [spec for spec in specs if spec is not None]
     return _shell(
         cache_logits_overrides(wildcards)
         + [

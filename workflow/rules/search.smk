@@ -16,7 +16,11 @@ rule search_distill:
         record=f"{SEARCH_RUN_DIR}/record.json",
     log:
         f"{LOGS}/search/{{task}}/{{student}}/{{method}}/{{point}}/seed{{seed}}.log",
+    benchmark:
+        f"{STUDY_DIR}/{paths.BENCHMARK['search_distill']}"
     retries: config.get("retries")
+    group:
+        RUN_GROUP  # distill.smk
     conda:
         "../../environment.yml"
     threads: resources_of("distill")["threads"]
@@ -24,6 +28,7 @@ rule search_distill:
         mem_mb=scaled("distill", "mem_mb"),
         runtime=scaled("distill", "runtime"),
         gpu=gpus_of("distill"),
+        runs=1,  # as in rule distill: one run at a time in a grouped allocation
     params:
         args=distill_args,
         launch=ckd_launcher("distill"),
@@ -40,6 +45,8 @@ rule search_teacher_logits:
         logits=SEARCH_LOGITS,
     log:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.search-logits.log",
+    benchmark:
+        f"{STUDY_DIR}/{paths.BENCHMARK['search_teacher_logits']}"
     retries: config.get("retries")
     conda:
         "../../environment.yml"

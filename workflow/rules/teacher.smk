@@ -16,6 +16,8 @@ rule finetune_teacher:
         record=f"{TEACHER_DIR}/record.json",
     log:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.log",
+    benchmark:
+        f"{STUDY_DIR}/{paths.BENCHMARK['finetune_teacher']}"  # ckd.cost
     retries: config.get("retries")
     conda:
         "../../environment.yml"
@@ -39,6 +41,8 @@ rule cache_teacher_logits:
         logits=TEACHER_LOGITS,
     log:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.logits.log",
+    benchmark:
+        f"{STUDY_DIR}/{paths.BENCHMARK['cache_teacher_logits']}"
     retries: config.get("retries")
     conda:
         "../../environment.yml"
@@ -62,6 +66,8 @@ rule cache_teacher:
         manifest=TEACHER_CACHE,  # written last: the folder beside it is complete
     log:
         f"{LOGS}/teachers/{{task}}/{{teacher}}/seed{{seed}}.teacher_cache.log",
+    benchmark:
+        f"{STUDY_DIR}/{paths.BENCHMARK['cache_teacher']}"
     retries: config.get("retries")
     conda:
         "../../environment.yml"
