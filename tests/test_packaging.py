@@ -3,6 +3,7 @@ wheel carries the methods file."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -11,6 +12,7 @@ import tomllib
 
 from tests.conftest import REPO
 
+TORCH = re.search(r"^TORCH \?= (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)  # the CPU build make setup installs
 EXTRAS_ONLY = ("pandas", "matplotlib", "snakemake", "datasets", "jsonschema", "tensorboard", "nbformat")
 
 TRAIN = """
@@ -81,12 +83,17 @@ def test_wheel_in_a_fresh_environment_with_only_the_core_dependencies(tmp_path):
     [wheel] = wheels.glob("ckd-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=300)
     python = env / "bin" / "python"
+    # the CPU build first, as `make setup` does: left to the resolver, `torch` would come as a CUDA build
+    cpu_torch = subprocess.run([str(python), "-m", "pip", "install", "-q", TORCH], capture_output=True, text=True,
+                               timeout=900)
+    assert cpu_torch.returncode == 0, cpu_torch.stderr[-3000:]
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True,
                              timeout=900)
     assert install.returncode == 0, install.stderr[-3000:]
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)
     installed = {p["name"].lower() for p in json.loads(listed.stdout)}
     assert {"ckd", "torch", "transformers"} <= installed
+    assert not {name for name in installed if name.startswith(("nvidia-", "cuda-"))}  # no CUDA build pulled in
     assert sorted(set(EXTRAS_ONLY) & installed) == []
     done = subprocess.run([str(python), "-c", LIBRARY], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
