@@ -188,7 +188,7 @@ def _markdown(table: pd.DataFrame, totals: dict, study: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_cost(table: pd.DataFrame, study: str):
+def plot_hours(table: pd.DataFrame, study: str):
     """Bar chart of hours per method (GPU-hours when any job used a GPU, else wall hours), one bar group per
     task and model (a note when the table is empty); a matplotlib Figure on its own Agg canvas, drawn
     without pyplot as in ckd.plots."""
@@ -238,7 +238,7 @@ def write_cost(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     if not len(table):
         log(f"cost: no benchmark file under {study_dir / paths.BENCHMARKS}; the tables are empty")
     buffer = io.BytesIO()
-    plot_cost(table, study).savefig(buffer, format="png", dpi=150, metadata={"Software": None})
+    plot_hours(table, study).savefig(buffer, format="png", dpi=150, metadata={"Software": None})
     atomic_write_bytes(out_dir / "cost.png", buffer.getvalue())
     written.append(out_dir / "cost.png")
     if totals["partial"]:

@@ -289,7 +289,7 @@ def table_frame(table: Table) -> pd.DataFrame:
 def study_plots(study: Study, out_dir: str | os.PathLike | None = None, *, score: str = "final",
                 log=print) -> list[Path]:
     """Every figure of `ckd plots` for the filtered study; returns the PNG files (PDFs are written beside)."""
-    from ckd.plots import plot_ablation, plot_cost, plot_curves, plot_size, plot_sweeps
+    from ckd.plots import plot_ablation, plot_curves, plot_score_vs_cost, plot_size, plot_sweeps
 
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ckd-plots-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ def study_plots(study: Study, out_dir: str | os.PathLike | None = None, *, score
     written += plot_size(study.groups, study.columns, score, out, log)
     written += plot_sweeps(study.groups, study.columns, score, out, log)
     written += plot_curves(study.groups, out, log)
-    written += plot_cost(study.groups, study.columns, score, out, log)
+    written += plot_score_vs_cost(study.groups, study.columns, score, out, log)
     return [p for p in written if p.suffix == ".png"]
 
 

@@ -1,9 +1,10 @@
 """Test-only pause points, so a test can kill a run at a named moment instead of at a random time.
 
-With `CKD_TEST_PAUSE_AT=<phase>[,<phase>...]` set, the process prints `ckd-pause: <phase>` to
-stderr and stops itself (SIGSTOP) each time it reaches one of those phases; the test then sends
-SIGKILL (die there), SIGTERM + SIGCONT (pre-emption there) or SIGCONT (go on). Unset, a pause
-point costs one environment lookup. Phases:
+With `CKD_TEST_PAUSE_AT=<phase>[,<phase>...]` set, the process writes the line `ckd-pause: <phase>`
+to stderr (in one write, so other processes' output on the same pipe cannot split it) and stops
+itself (SIGSTOP) each time it reaches one of those phases; the test then sends SIGKILL (die there),
+SIGTERM + SIGCONT (pre-emption there) or SIGCONT (go on). Unset, a pause point costs one environment
+lookup. Phases:
 
     train-step          after an optimiser step, before its evaluation/checkpoint (ckd/train.py)
     eval                at the start of a dev evaluation inside the training loop (ckd/train.py)
@@ -29,5 +30,10 @@ def pause_point(phase: str) -> None:
     wanted = os.environ.get(ENV)
     if not wanted or phase not in wanted.split(","):
         return
-    print(f"ckd-pause: {phase}", file=sys.stderr, flush=True)
+    # One write(2) of a short line: a pipe never splits it, so processes sharing stderr (torchrun's
+    # workers) cannot interleave their pause lines. print() makes two writes (text, then "\n") on an
+    # unbuffered stream such as `python -u`, as torchrun starts its workers, and two ranks pausing at
+    # once then wrote "ckd-pause: Xckd-pause: X\n\n", which a test reading lines saw as one pause.
+    sys.stderr.flush()
+    os.write(sys.stderr.fileno(), f"ckd-pause: {phase}\n".encode())
     os.kill(os.getpid(), signal.SIGSTOP)

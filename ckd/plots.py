@@ -297,7 +297,7 @@ def _cost(record: dict, name: str):
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def plot_cost(groups, columns: list[Column], score: str, out_dir: Path, log: Log) -> list[Path]:
+def plot_score_vs_cost(groups, columns: list[Column], score: str, out_dir: Path, log: Log) -> list[Path]:
     written = []
     colors = _colors(k[2] for k in groups)
     markers = dict(zip(dict.fromkeys(k[1] for k in groups), itertools.cycle("osD^vP*X")))
@@ -361,5 +361,5 @@ def plot_study(study_dir: str | Path, out_dir: str | Path | None = None, *, scor
     written += plot_size(groups, columns, score, out_dir, log)
     written += plot_sweeps(groups, columns, score, out_dir, log)
     written += plot_curves(groups, out_dir, log)
-    written += plot_cost(groups, columns, score, out_dir, log)
+    written += plot_score_vs_cost(groups, columns, score, out_dir, log)
     return written

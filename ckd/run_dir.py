@@ -308,6 +308,18 @@ class RunFolder:
         if self.lock is not None:
             self.lock.release()
 
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        """`with folder:` around a run's body: on any failure (Ctrl-C included) the folder is abandoned, and
+        the lock is released in every case."""
+        try:
+            if exc_type is not None:
+                self.abandon()  # a run refused before it wrote anything leaves no folder behind
+        finally:
+            self.release()
+
 
 def tidy_finished(run_dir: Path) -> None:
     """Remove what a kill right after a run finished left (checkpoints, temporaries), if the folder is free

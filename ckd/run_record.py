@@ -28,13 +28,32 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """stdout of a git command in the checkout holding this package; None outside a git checkout."""
     repo = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """The checkout's HEAD commit; None when ckd is not run from a git checkout (an installed wheel)."""
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from HEAD (the code that ran is then not exactly `git_commit`); None
+    outside a git checkout. Untracked files (results, caches) do not count."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return bool(out.strip()) if out is not None else None
+
+
+def git_state() -> dict[str, Any]:
+    """The record fields `git_commit` and `git_dirty`."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty()}
 
 
 def determinism(runtime: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +120,7 @@ def build_record(*, kind, config, config_fingerprint, task, method, result, stud
         "runtime": runtime,
         **determinism(runtime),
         "versions": library_versions(),
-        "git_commit": git_commit(),
+        **git_state(),
         "data_fingerprint": data_fingerprints,
         "config_fingerprint": config_fingerprint,
         "config": config,

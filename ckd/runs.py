@@ -159,13 +159,8 @@ def _execute(kind: str, config: dict[str, Any], runtime, force: bool) -> dict[st
             tidy_finished(run_dir)  # a kill between the record and the clean-up left checkpoints or temporaries
         print(f"{run_dir / RECORD_FILE} exists: run already complete (use --force to redo it)", file=sys.stderr)
         return None
-    try:
+    with folder:
         return _run(kind, config, runtime, force, folder)
-    except BaseException:
-        folder.abandon()  # a run refused before it wrote anything leaves no folder behind
-        raise
-    finally:
-        folder.release()
 
 
 def _run(kind: str, config: dict[str, Any], runtime, force: bool, folder: RunFolder) -> dict[str, Any] | None:

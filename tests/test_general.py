@@ -4,6 +4,7 @@ after SIGKILL / SIGTERM, one-line refusals, and the regime its task runs record.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -223,3 +224,30 @@ def test_bad_general_study_sections_fail_before_any_job(edit, culprit, tmp_path)
     assert planned.returncode != 0
     assert culprit in planned.stdout, planned.stdout[-3000:]
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_under_torchrun(corpus, tmp_path):
+    """General distillation under torchrun (gloo, 2 CPU processes): the global batch stays train.batch_size and
+    the masks are a function of (seed, row), so with dropout 0 both runs take the same steps: the losses of every
+    term agree with one process's to summation-order error."""
+    no_dropout = {"teacher": json.dumps({**MODEL, "layers": 2, "dropout": 0}), "student": json.dumps({**MODEL, "layers": 1, "dropout": 0})}
+    one = run(corpus, tmp_path / "one", **no_dropout)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ckd.cli", "general-distill",
+         *overrides(corpus, tmp_path / "two", **no_dropout)],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "record.json").read_text())
+    assert one["runtime"]["world_size"] == 1 and two["runtime"]["world_size"] == 2
+    assert two["timing"]["train_steps"] == one["timing"]["train_steps"] == STEPS
+    assert two["corpus"]["sequences_seen"] == one["corpus"]["sequences_seen"] == STEPS * 8
+    assert len(one["history"]) == len(two["history"]) >= 3
+    for a, b in zip(one["history"], two["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert set(a["loss_terms"]) == set(b["loss_terms"]) == {"wr_pair", "wr_triple", "ltr_pair", "ltr_triple", "mlm_kd"}
+        for name, value in a["loss_terms"].items():
+            assert b["loss_terms"][name] == pytest.approx(value, rel=1e-4, abs=1e-8), name
+    assert not (tmp_path / "two" / "checkpoints").exists()

@@ -66,6 +66,7 @@ def test_too_small_a_set_cannot_be_carved():
     ({"fraction": 1.5}, "data.selection_split.fraction must be a number in (0, 1), got 1.5"),
     ({"fractoin": 0.1}, "data.selection_split.fractoin is unknown"),
     ({"max_examples": 0}, "data.selection_split.max_examples must be a positive integer or null"),
+    ({"seed": -1}, "data.selection_split.seed must be a non-negative integer (as numpy seeds are), got -1"),
     ("yes", "data.selection_split must be null or a mapping"),
 ])
 def test_bad_selection_split_is_one_line_naming_the_key(value, culprit, tmp_path):

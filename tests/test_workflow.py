@@ -89,12 +89,12 @@ def test_report(smoke, tmp_path):
 def expected_jobs(config: dict) -> int:
     """The job count of a study, worked out from its grid: a teacher per (task, teacher, teacher
     seed), plus its logits cache when the study caches them (every study here has a logit-only
-    method, kd); a run per (task, student, method, seed), TinyBERT being two runs; then
+    method, kd) and its teacher cache (teacher_cache: what CKD, PKD and MiniLM read); a run per (task, student, method, seed), TinyBERT being two runs; then
     expected_runs, aggregate, plots, cost and all; and one prefetch job when the study reads models or data
     from the hub."""
     tasks, seeds = len(config["tasks"]), len(config["seeds"])
     teachers = tasks * len(config["teachers"]) * len(config.get("teacher_seeds") or config["seeds"])
-    caches = teachers if config.get("teacher_logits") else 0
+    caches = teachers * (bool(config.get("teacher_logits")) + bool(config.get("teacher_cache")))
     runs = 0
     for student in config["students"].values():
         methods = student.get("methods") or config["methods"]
@@ -112,7 +112,7 @@ def expected_jobs(config: dict) -> int:
     return teachers + caches + runs + 5 + prefetch + len(general) + len(packs) + dynabert_jobs
 
 
-@pytest.mark.parametrize("study, jobs", [("paper", 993), ("glue-small", 135), ("ablation", 381)])
+@pytest.mark.parametrize("study, jobs", [("paper", 993), ("glue-small", 135), ("ablation", 381), ("glue-minilm", 185)])
 def test_dry_run_plans_the_study_grid(study, jobs, tmp_path, glue_dir):
     """(With GLUE_DIR set, as in CI: the GLUE studies read it instead of the hub's dataset.)"""
     config = yaml.safe_load((REPO / "config" / f"{study}.yaml").read_text())

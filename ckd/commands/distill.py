@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ckd.commands._run_args import add_parser, execute_run
+from ckd.commands._run_args import add_list_methods, add_parser, execute_run, print_methods
 
 EXAMPLE = """example:
   ckd distill task=rte method=ckd teacher.name_or_path=results/try/rte-teacher/model \\
@@ -18,15 +18,11 @@ def register(subparsers) -> None:
     parser = add_parser(subparsers, "distill", __doc__, "distil a student from a teacher", EXAMPLE)
     parser.add_argument("--force", action="store_true",
                         help="redo a finished run, or start over a run of another config, in output_dir (never a folder of another kind)")
-    parser.add_argument("--list-methods", action="store_true", help="list the methods in the methods file and exit")
+    add_list_methods(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     if args.list_methods:
-        from ckd.methods import load_methods
-
-        for name, entry in load_methods(None)["methods"].items():
-            print(f"{name:22s} {entry.get('description', '')}")
-        return 0
+        return print_methods(None)
     return execute_run("distill", args)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-import yaml
-
-from ckd.commands._run_args import OVERRIDE_HELP
+from ckd.commands._run_args import add_config_arguments, add_list_methods, print_config, print_methods
 
 EXAMPLE = """stages (each takes -c CONFIG and key=value overrides; docs/dynabert.md):
   ckd dynabert rewire task=rte teacher.name_or_path=T/model output_dir=D/rewired
@@ -37,15 +34,13 @@ def register(subparsers) -> None:
     stages.required = True
     for name, text in STAGES.items():
         sub = stages.add_parser(name, help=text, description=text)
-        sub.add_argument("-c", "--config", help="run config (YAML); keys may also be given as overrides")
-        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
-        sub.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        add_config_arguments(sub)
         if name in ("evaluate", "export"):
             sub.add_argument("--output", required=True, help="evaluate: a JSON file; export: a folder")
         else:
             sub.add_argument("--force", action="store_true", help="redo a finished stage in output_dir")
         if name.startswith("train"):
-            sub.add_argument("--list-methods", action="store_true", help="list the DynaBERT objectives and exit")
+            add_list_methods(sub, "DynaBERT objectives")
     report = stages.add_parser("report", help="width x depth tables and score-vs-size plots of a study",
                                description="width x depth tables and score-vs-size plots of a study's DynaBERT runs")
     report.add_argument("--study-dir", required=True, help="results/<study>")
@@ -61,17 +56,13 @@ def handle(args: argparse.Namespace) -> int:
         return 0
     if getattr(args, "list_methods", False):
         from ckd.dynabert.config import default_methods_file
-        from ckd.methods import load_methods
 
-        for name, entry in load_methods(default_methods_file())["methods"].items():
-            print(f"{name:22s} {entry.get('description', '')}")
-        return 0
+        return print_methods(default_methods_file())
     from ckd.dynabert.config import resolve
 
     config = resolve(args.config, args.overrides)
     if args.print_config:
-        yaml.safe_dump(config, sys.stdout, sort_keys=False)
-        return 0
+        return print_config(config)
     from ckd.dynabert import stages
 
     if args.stage == "rewire":

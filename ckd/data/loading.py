@@ -134,8 +134,8 @@ def selection_spec(value) -> dict | None:
         raise ConfigError(f"config key data.selection_split.fraction must be a number in (0, 1), got {fraction!r}")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise ConfigError(f"config key data.selection_split.max_examples must be a positive integer or null, got {cap!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"config key data.selection_split.seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"config key data.selection_split.seed must be a non-negative integer (as numpy seeds are), got {seed!r}")
     return {"fraction": float(fraction), "max_examples": cap, "seed": seed}
 
 

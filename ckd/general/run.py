@@ -36,7 +36,7 @@ from ckd.objectives import Batch, Outputs
 from ckd.pause import pause_point
 from ckd.run_dir import check_not_an_input, tidy_finished
 from ckd.run_dir import claim as claim_run_folder
-from ckd.run_record import RECORD_FILE, SCHEMA_VERSION, determinism, git_commit, library_versions
+from ckd.run_record import RECORD_FILE, SCHEMA_VERSION, determinism, git_state, library_versions
 from ckd.train import TrainSetup, train
 
 KIND = "general"
@@ -122,13 +122,8 @@ def execute_general(config: dict[str, Any], *, force: bool = False) -> dict[str,
                 tidy_finished(run_dir)
             print(f"{run_dir / RECORD_FILE} exists: run already complete (use --force to redo it)", file=sys.stderr)
             return None
-        try:
+        with folder:
             return _run(config, runtime, folder)
-        except BaseException:
-            folder.abandon()
-            raise
-        finally:
-            folder.release()
     finally:
         stop_runtime(runtime)
 
@@ -192,7 +187,7 @@ def _run(config: dict[str, Any], runtime, folder) -> dict[str, Any] | None:
                 "step_s": round(result.train_seconds / result.steps, 4) if result.steps else None,
             },
             "runtime": runtime.to_record(), **determinism(runtime.to_record()), "versions": library_versions(),
-            "git_commit": git_commit(), "data_fingerprint": {"corpus": manifest["key"]}, "config_fingerprint": config_fp,
+            **git_state(), "data_fingerprint": {"corpus": manifest["key"]}, "config_fingerprint": config_fp,
             "config": copy.deepcopy(config),
         }
         folder.write_record(record)
