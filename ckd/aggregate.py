@@ -18,6 +18,7 @@ from ckd.tables.ablation import ablation_table
 from ckd.tables.common import SCORES, frame_groups, method_sort_key, study_columns
 from ckd.tables.main import DEFAULT_REFERENCE, load_reference, main_table, paper_delta_table
 from ckd.tables.missing import missing_runs
+from ckd.tables.one_class import caption_note, one_class_table
 from ckd.tables.render import write_table
 from ckd.tables.selection import label_selection, load_selections, match_selections, selected_settings_table
 from ckd.tables.significance import significance_table
@@ -76,9 +77,16 @@ def aggregate_study(
     ]
     label_selection(tables, selections)
     tables.append(selected_settings_table(selections, study, unmatched))
+    by_path = {r["_path"]: r for r in scored}
+    shown = [by_path[p] for p in dict.fromkeys(frame.loc[frame["shown"], "path"]) if p in by_path]
+    one_class = one_class_table(shown, score, study)
+    note = caption_note(one_class)
+    if note:
+        tables[0].caption.append(note)
     written = []
     for table in tables:
         written += write_table(table, out_dir)
+    written += write_table(one_class, out_dir, ("md", "csv"))
     missing = missing_runs(study_dir, frame, expected_runs, study)
     written += write_table(missing, out_dir, ("md", "csv"))
     runs = records_frame(scored)

@@ -53,6 +53,7 @@ TABLE_FORMATS = {
     "significance": ("csv", "md", "tex"),
     "selected_settings": ("csv", "md", "tex"),
     "missing": ("csv", "md"),
+    "one_class": ("csv", "md"),
     "runs": ("csv",),
 }
 TABLES = [
