@@ -8,7 +8,8 @@ EXAMPLE = """example:
   ckd aggregate --study-dir results/smoke
   ckd aggregate --study-dir results/paper --score best --baseline kd --bootstrap 10000 --expected expected.json
 Writes main, paper_delta, ablation, significance and selected_settings (grid search) as .csv/.md/.tex, plus missing.md,
-runs.csv and aggregate.json (the settings below, which the notebooks read).
+one_class.md (runs predicting one class on a dev split), runs.csv and aggregate.json (the settings below, which the
+notebooks read).
 --expected: JSON list of {"task", "student", "method", "seed"[, "config_fingerprint"]} (teacher runs: method
 "teacher"); config_fingerprint is what ckd.config.run_fingerprint gives for the run's command.
 A record with another fingerprint is stale, one of a run the list does not name is no longer planned:
