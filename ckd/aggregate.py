@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from ckd import paths
 from ckd.aggregate_settings import DEFAULTS, SETTINGS_FILE
 from ckd.atomic import atomic_write_json, atomic_write_text
@@ -18,7 +20,7 @@ from ckd.tables.ablation import ablation_table
 from ckd.tables.common import SCORES, frame_groups, method_sort_key, study_columns
 from ckd.tables.main import DEFAULT_REFERENCE, load_reference, main_table, paper_delta_table
 from ckd.tables.missing import missing_runs
-from ckd.tables.one_class import caption_note, one_class_table
+from ckd.tables.one_class import one_class_table
 from ckd.tables.render import write_table
 from ckd.tables.selection import label_selection, load_selections, match_selections, selected_settings_table
 from ckd.tables.significance import significance_table
@@ -80,19 +82,16 @@ def aggregate_study(
     by_path = {r["_path"]: r for r in scored}
     shown = [by_path[p] for p in dict.fromkeys(frame.loc[frame["shown"], "path"]) if p in by_path]
     one_class = one_class_table(shown, score, study)
-    note = caption_note(one_class)
-    if note:
-        tables[0].caption.append(note)
     written = []
     for table in tables:
         written += write_table(table, out_dir)
     written += write_table(one_class, out_dir, ("md", "csv"))
     missing = missing_runs(study_dir, frame, expected_runs, study)
     written += write_table(missing, out_dir, ("md", "csv"))
-    runs = records_frame(scored)
+    runs = _study_relative(records_frame(scored), study_dir)
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     written.append(out_dir / "runs.csv")
-    write_scores(frame, out_dir / SCORES_FILE)
+    write_scores(_study_relative(frame, study_dir), out_dir / SCORES_FILE)
     written.append(out_dir / SCORES_FILE)
     settings = {"score": score, "baseline": baseline, "bootstrap": n_boot, "seed": seed, "alternative": alternative,
                 "reference": str(Path(reference).resolve()) if reference is not None else None,
@@ -102,3 +101,15 @@ def aggregate_study(
     written.append(out_dir / SETTINGS_FILE)
     return written
 
+
+def _study_relative(frame: pd.DataFrame, study_dir: Path) -> pd.DataFrame:
+    """`frame` with its `path` column (record files) relative to the study folder, so that runs.csv and
+    scores.csv do not depend on where the study lies: a committed study's tables are re-made byte for byte
+    from its records anywhere."""
+    root = study_dir.resolve()
+
+    def relative(path: str) -> str:
+        resolved = Path(path).resolve()
+        return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
+
+    return frame.assign(path=frame["path"].map(relative)) if "path" in frame else frame

@@ -64,11 +64,13 @@ from ckd.tables.ablation import ablation_table
 from ckd.tables.common import Column, Table, frame_groups, method_sort_key, seed_values, study_columns
 from ckd.tables.main import DEFAULT_REFERENCE, load_reference, main_table, paper_delta_table
 from ckd.tables.missing import missing_runs
+from ckd.tables.one_class import one_class_table
 from ckd.tables.render import read_table, to_markdown
 from ckd.tables.significance import significance_table
 
 STUDY_ENV = "CKD_STUDY_DIR"
-DEFAULT_STUDY = "smoke"
+DEFAULT_STUDY = "glue-minilm"  # the real-data study the repository ships (records, tables; no weights)
+WEIGHTS_STUDY = "smoke"  # what the relation explorer opens by default: it needs model weights, which `make demo` writes
 SCORE_LABEL = {"final": "final", "best": "best-on-dev"}
 
 
@@ -161,7 +163,8 @@ def load_study(study_dir: str | os.PathLike | None = None, *, tasks: Iterable[st
 
     path = Path(study_dir) if study_dir is not None else default_study_dir()
     if not path.is_dir():
-        raise CkdError(f"{path}: study folder not found; run `make demo` (results/smoke) or set {STUDY_ENV}")
+        raise CkdError(f"{path}: study folder not found; point STUDY_DIR or {STUDY_ENV} at results/<study> "
+                       f"(results/{DEFAULT_STUDY} is in the repository; `make demo` writes results/{WEIGHTS_STUDY})")
     expected = path / paths.EXPECTED
     loaded = study_records(path, expected if expected.is_file() else None, include_stale)
     records, stale, expected = loaded.records, loaded.stale, loaded.expected
@@ -206,7 +209,7 @@ def load_study(study_dir: str | os.PathLike | None = None, *, tasks: Iterable[st
 # ============================================================================ tables and plots
 
 
-TABLES = ("main", "paper_delta", "ablation", "significance", "missing")
+TABLES = ("main", "paper_delta", "ablation", "significance", "one_class", "missing")
 
 
 def aggregate_settings(study: Study) -> dict:
@@ -219,8 +222,8 @@ def aggregate_settings(study: Study) -> dict:
 def study_tables(study: Study, *, score: str | None = None, baseline: str | None = None, n_boot: int | None = None,
                  seed: int | None = None, alternative: str | None = None, reference: str | os.PathLike | None = None,
                  only: Iterable[str] | None = None, recompute: bool = False) -> dict[str, Table]:
-    """The tables of `ckd aggregate` (main, paper_delta, ablation, significance, and missing when no
-    filter is set) for the filtered study, as `ckd.tables.common.Table` objects (`.frame` for numbers,
+    """The tables of `ckd aggregate` (main, paper_delta, ablation, significance, one_class, and missing when
+    no filter is set) for the filtered study, as `ckd.tables.common.Table` objects (`.frame` for numbers,
     `table_markdown` to show them). `only`: names of the tables to build. A setting left None is the
     one the study's tables were made with (`aggregate_settings`).
 
@@ -248,6 +251,8 @@ def study_tables(study: Study, *, score: str | None = None, baseline: str | None
         "ablation": lambda: ablation_table(study.groups, study.columns, score, study.name),
         "significance": lambda: significance_table(study.groups, study.columns, score, baseline, n_boot=n_boot,
                                                    seed=seed, alternative=alternative, study=study.name),
+        "one_class": lambda: one_class_table([record for runs in study.groups.values() for record in runs], score,
+                                             study.name),
         "missing": lambda: missing_runs(study.path, study.frame, study.expected, study.name),
     }
     if any(study.filters.values()):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ckd.config import load_yaml
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, refuse_unknown_keys
 
 METHOD_KEYS = {"description", "extends", "drop", "terms", "settings", "layer_map", "teacher", "intermediate", "after", "recipe"}
 RECIPE_KEYS = {"source", "settings", "tasks"}
@@ -59,9 +59,7 @@ def load_methods(path: str | os.PathLike | None = None) -> dict[str, Any]:
     for name, entry in document["methods"].items():
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: method {name!r} must be a mapping")
-        unknown = set(entry) - METHOD_KEYS
-        if unknown:
-            raise ConfigError(f"{path}: method {name!r} has unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(METHOD_KEYS))}")
+        refuse_unknown_keys(f"{path}: method {name!r}", entry, METHOD_KEYS)
         recipe = entry.get("recipe")
         if recipe is not None and recipe not in recipes:
             raise ConfigError(
@@ -76,9 +74,7 @@ def _check_recipe(path: Path, name: str, recipe: Any) -> None:
     where = f"{path}: recipes.{name}"
     if not isinstance(recipe, dict):
         raise ConfigError(f"{where} must be a mapping with source, settings and optionally tasks")
-    unknown = set(recipe) - RECIPE_KEYS
-    if unknown:
-        raise ConfigError(f"{where} has unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(RECIPE_KEYS))}")
+    refuse_unknown_keys(where, recipe, RECIPE_KEYS)
     if not isinstance(recipe.get("source"), str) or not recipe["source"].strip():
         raise ConfigError(f"{where} needs a `source:` naming where its values come from (paper, code, or 'declared default: ...')")
     if not isinstance(recipe.get("settings") or {}, dict):

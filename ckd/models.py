@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ckd.config_schema import MODEL
-from ckd.errors import ModelError
+from ckd.errors import ModelError, refuse_unknown_keys
 from ckd.labels import LabelMapping, align_classifier, checkpoint_label_names, label_mapping, set_task_labels
 from ckd.model_refs import PACKAGE_PREFIX, SYNTHETIC_TOKENIZER
 
@@ -120,9 +120,7 @@ def load_tokenizer(spec: Mapping[str, Any]):
 def validate_spec(spec: Mapping[str, Any], role: str) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise ModelError(f"{role}: expected a mapping with name_or_path/init/..., got {spec!r}")
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise ModelError(f"{role}: unknown key {sorted(unknown)[0]!r}; known keys: {', '.join(sorted(SPEC_KEYS))}")
+    refuse_unknown_keys(role, spec, SPEC_KEYS, ModelError)
     spec = dict(spec)
     init = spec.setdefault("init", "pretrained")
     if init not in INITS:

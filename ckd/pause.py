@@ -22,8 +22,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 ENV = "CKD_TEST_PAUSE_AT"
+PENDING_SIGNAL_WAIT_S = 0.05  # after a pause: lets a signal sent during it reach its handler first
 
 
 def pause_point(phase: str) -> None:
@@ -37,3 +39,8 @@ def pause_point(phase: str) -> None:
     sys.stderr.flush()
     os.write(sys.stderr.fileno(), f"ckd-pause: {phase}\n".encode())
     os.kill(os.getpid(), signal.SIGSTOP)
+    # A SIGTERM or SIGINT that the test sent while this process was stopped is delivered at SIGCONT, to any
+    # of its threads (torch's too); CPython then runs the handler in the main thread at its next check. Without
+    # this wait the main thread could pass the training loop's stop check before that, run the next step and
+    # stop again at the next pause with nobody to continue it (1 run in 6 of the SIGINT test hung so).
+    time.sleep(PENDING_SIGNAL_WAIT_S)

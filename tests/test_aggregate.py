@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -271,3 +272,15 @@ def test_task_agnostic_rows_are_labelled_and_compared_with_the_papers_task_agnos
     scores = pd.read_csv(study / "tables" / "scores.csv")
     assert set(scores.loc[scores["student"] == "3L-general", "regime"]) == {"task-agnostic"}
     assert set(scores.loc[scores["student"] == "3L-384", "regime"]) == {"task-specific"}
+
+
+def test_written_run_paths_are_relative_to_the_study_so_a_moved_study_gives_the_same_files(study: Path, tmp_path: Path):
+    moved = tmp_path / "elsewhere" / study.name
+    shutil.copytree(study, moved)
+    first, second = aggregate_study(study, n_boot=20), aggregate_study(moved, n_boot=20)
+    for a, b in zip(first, second):
+        assert a.name == b.name
+        if a.name != "aggregate.json":  # names the study folder it was made from
+            assert a.read_bytes() == b.read_bytes(), a.name
+    runs = pd.read_csv(study / "tables" / "runs.csv")
+    assert all(not Path(p).is_absolute() and (study / p).is_file() for p in runs["path"])

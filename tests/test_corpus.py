@@ -166,6 +166,9 @@ def test_mlm_masks_follow_bert_and_depend_only_on_seed_and_row(tmp_path, tok):
     ({"sources": [{"files": "x", "docs": "page"}]}, "docs must be line"),
     ({"sources": [{"files": "x"}], "max_documents": 0}, "max_documents must be a positive integer"),
     ({"sources": [{"synthetic": ["syn-pair"], "size": -1}]}, "size must be an integer >= 1"),
+    ({"sources": [{"files": "x"}], "max_docs": 3}, "corpus: unknown key 'max_docs'; known keys: max_documents, sources"),
+    ({"sources": [{"files": "x", "text_feld": "t"}]},
+     r"corpus.sources\[0\]: unknown key 'text_feld' for a files source; known keys: docs, files, text_field"),
 ])
 def test_bad_corpus_specs_are_refused_in_one_line(spec, message):
     with pytest.raises(CorpusError, match=message) as error:

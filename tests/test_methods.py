@@ -131,7 +131,7 @@ def test_pkd_rejects_ckd_settings_in_method_options():
     ("settings: {}\ntask_settings: {rte: {alpha: 1}}\nmethods: {m: {terms: {kd: {}}}}\n", "task_settings' is no longer read"),
     ("settings: {}\nmethods: {m: {recipe: nope, terms: {kd: {}}}}\n", "names recipe 'nope', which recipes does not define"),
     ("settings: {}\nrecipes: {r: {settings: {lr: 1}}}\nmethods: {m: {recipe: r, terms: {kd: {}}}}\n", "recipes.r needs a `source:`"),
-    ("settings: {}\nrecipes: {r: {source: x, task: {}}}\nmethods: {m: {recipe: r, terms: {kd: {}}}}\n", "recipes.r has unknown key 'task'"),
+    ("settings: {}\nrecipes: {r: {source: x, task: {}}}\nmethods: {m: {recipe: r, terms: {kd: {}}}}\n", "recipes.r: unknown key 'task'"),
     ("settings: {}\nrecipes: {r: {source: x, tasks: {rte: 3}}}\nmethods: {m: {recipe: r, terms: {kd: {}}}}\n", "recipes.r.tasks must map"),
 ])
 def test_bad_recipes_are_refused_with_one_line(tmp_path, body, message):

@@ -184,7 +184,7 @@ def test_results_notebook_equals_tables_made_with_another_bootstrap(tmp_path, mo
     from ckd import explore
 
     recomputed = explore.study_tables(explore.load_study(root), recompute=True)
-    assert set(recomputed) == {"main", "paper_delta", "ablation", "significance", "missing"}
+    assert set(recomputed) == {"main", "paper_delta", "ablation", "significance", "one_class", "missing"}
     for name, table in recomputed.items():
         (title, rows), = markdown_rows((root / "tables" / f"{name}.md").read_text(encoding="utf-8")).items()
         assert title == table.title and rows == ([table.header] + table.rows if table.rows else []), name
@@ -298,7 +298,7 @@ def test_study_filters_and_tables(smoke_study):
     study = explore.load_study(smoke_study, tasks="syn-sentiment", methods=["kd", "ckd"])
     assert study.tasks == ["syn-sentiment"] and study.methods == ["kd", "ckd"]
     tables = explore.study_tables(study, n_boot=100)
-    assert set(tables) == {"main", "paper_delta", "ablation", "significance"}  # no missing-runs grid when filtered
+    assert set(tables) == {"main", "paper_delta", "ablation", "significance", "one_class"}  # no missing-runs grid when filtered
     assert list(explore.table_frame(tables["main"])["Method"]) == ["kd", "ckd"]
     spread = explore.seed_spread(study)
     assert set(spread["method"]) == {"kd", "ckd"} and (spread["n"] == 2).all()

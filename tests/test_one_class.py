@@ -57,3 +57,17 @@ def test_no_one_class_run_leaves_the_caption_alone(tmp_path):
     aggregate_study(study, n_boot=20)
     assert "one class" not in (study / "tables" / "main.md").read_text()
     assert "None." in (study / "tables" / "one_class.md").read_text()
+
+
+def test_a_notebooks_recomputed_tables_count_and_list_the_same_runs(tmp_path):
+    from ckd import explore
+
+    study = _study(tmp_path)
+    aggregate_study(study, n_boot=20)
+    written = (study / "tables" / "main.md").read_text()
+    note = next(line for line in written.splitlines() if "predict one class" in line)
+    tables = explore.study_tables(explore.load_study(study), only=["main", "one_class"], recompute=True)
+    assert note in explore.table_markdown(tables["main"]).splitlines()
+    assert sorted(zip(tables["one_class"].frame["task"], tables["one_class"].frame["seed"])) == [("mrpc", 2), ("stsb", 1)]
+    filtered = explore.study_tables(explore.load_study(study, tasks=["stsb"]), only=["main"])  # a filter recomputes
+    assert "1 run(s) predict one class on a dev split" in explore.table_markdown(filtered["main"])

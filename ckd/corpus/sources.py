@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, refuse_unknown_keys
 
 SOURCE_KINDS = ("glue", "synthetic", "files", "hub")
 SOURCE_KEYS = {
@@ -63,9 +63,7 @@ def check_spec(spec: Any, where: str = "corpus") -> dict[str, Any]:
     """The spec with defaults filled, or a CorpusError naming `where` and the offending key."""
     if not isinstance(spec, Mapping):
         raise CorpusError(f"{where} must be a mapping with `sources: [...]`, got {spec!r}")
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise CorpusError(f"{where}: unknown key {sorted(unknown)[0]!r}; known keys: {', '.join(sorted(SPEC_KEYS))}")
+    refuse_unknown_keys(where, spec, SPEC_KEYS, CorpusError)
     sources = spec.get("sources")
     if not isinstance(sources, list) or not sources:
         raise CorpusError(f"{where}.sources must be a non-empty list of sources ({', '.join(SOURCE_KINDS)})")
@@ -86,9 +84,7 @@ def _check_source(source: Any, where: str) -> dict[str, Any]:
     if len(kinds) != 1:
         raise CorpusError(f"{where} must have exactly one of the keys {', '.join(SOURCE_KINDS)}, got {sorted(source)}")
     kind = kinds[0]
-    unknown = set(source) - SOURCE_KEYS[kind]
-    if unknown:
-        raise CorpusError(f"{where}: unknown key {sorted(unknown)[0]!r} for a {kind} source; known: {', '.join(sorted(SOURCE_KEYS[kind]))}")
+    refuse_unknown_keys(where, source, SOURCE_KEYS[kind], CorpusError, kind=f"{kind} source")
     source = dict(source)
     if kind in ("glue", "synthetic"):
         tasks = source[kind]

@@ -28,7 +28,7 @@ from ckd.config import check_method_settings, result_fingerprint
 from ckd.data.encoding import encode_split
 from ckd.data.loading import data_fingerprint, run_splits, scored_task
 from ckd.data.tasks import get_task
-from ckd.distributed import start_runtime, stop_runtime
+from ckd.distributed import Runtime, start_runtime, stop_runtime
 from ckd.dynabert import dynamic
 from ckd.dynabert.config import default_methods_file
 from ckd.dynabert.objective import StageObjective
@@ -41,7 +41,7 @@ from ckd.methods import load_methods, resolve_method
 from ckd.models import build_model, describe, save_model
 from ckd.objectives import TERMS, Batch, Outputs
 from ckd.pause import pause_point
-from ckd.run_dir import claim, tidy_finished
+from ckd.run_dir import RunFolder, claim, tidy_finished
 from ckd.run_record import RECORD_FILE, git_state
 from ckd.train import TrainSetup, train
 
@@ -193,57 +193,60 @@ def train_stage(stage: str, config: dict[str, Any], *, force: bool = False) -> d
     if not config.get("method"):
         raise ConfigError("missing config key 'method': an objective of the DynaBERT methods file (dynabert, dynabert-ckd, ...)")
     runtime = start_runtime(str(config["train"]["device"]), str(config["train"]["precision"]))
-    if runtime.world_size > 1:
-        stop_runtime(runtime)
-        raise ConfigError("ckd dynabert stages run in one process: launch them without torchrun")
-    folder = _claimed(kind, config, force)
-    if folder is None:
-        stop_runtime(runtime)
-        return None
     try:
+        if runtime.world_size > 1:
+            raise ConfigError("ckd dynabert stages run in one process: launch them without torchrun")
+        folder = _claimed(kind, config, force)
+        if folder is None:
+            return None
         with folder:
-            if config["train"]["threads"]:
-                torch.set_num_threads(int(config["train"]["threads"]))
-            task = scored_task(get_task(config["task"]), config["data"])
-            method = stage_method(config, stage, task.name)
-            teacher = build_model(_spec(config, "teacher", f"train-{stage}"), task=task, role="teacher", head="trained")
-            teacher.model.to(runtime.device).eval().requires_grad_(False)
-            student = build_model(_spec(config, "student", f"train-{stage}"), task=task, role="student", head="trained", seed=int(config["seed"]))
-            student.model.to(runtime.device)
-            for key in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"):
-                if getattr(teacher.model.config, key) != getattr(student.model.config, key):
-                    raise ModelError(f"teacher and student differ in {key}: a DynaBERT stage starts the student from the teacher's own architecture")
-            train_data, dev_data, fingerprints = _data(config, task, student.tokenizer)
-            subnets = _stage_subnets(config, stage)
-            objective = StageObjective(method, student.model.config, subnets, regression=task.is_regression).to(runtime.device)
-            step_loss = make_stage_loss(stage, objective, student.model, teacher.model, config["teacher_width"])
-            lr = float(config["train"]["lr"] or method.settings.get("lr") or 2e-5)
-            epochs = int(config["train"]["epochs"] or method.settings.get("epochs") or 3)
-            setup = TrainSetup(
-                run_dir=folder.path, config=config, config_fingerprint=result_fingerprint(config), student=student.model,
-                objective=objective, step_loss=step_loss, train_data=train_data, dev_data=dev_data, task=task, lr=lr,
-                epochs=epochs, runtime=runtime, evaluate_dev=False,
-            )
-            result = train(setup)
-            with defer_interrupts("the final save"):
-                with atomic_directory(folder.path / "model") as tmp:
-                    save_model(student, tmp)
-                record = {
-                    **_base_record(kind, config, task, started),
-                    "stage": stage, "method_resolved": method.to_record(), "lr": lr, "epochs": epochs,
-                    "subnets": [{"width": s.width, "depth": s.depth, "tag": s.tag} for s in subnets],
-                    "layer_maps": objective.layer_maps(), "teacher_width": config["teacher_width"] if stage == "depth" else "full",
-                    "history": result.history, "steps": result.steps, "examples_seen": result.examples_seen,
-                    "train_seconds": result.train_seconds,
-                    "student": describe(student.model, student.spec, student.head), "teacher": describe(teacher.model, teacher.spec, teacher.head),
-                    "data_fingerprints": fingerprints, "runtime": runtime.to_record(),
-                }
-                folder.write_record(record)
-                ckpt.remove_checkpoints(folder.path)
-            pause_point("run-finished")
-            return record
+            return _train_stage(stage, kind, config, runtime, folder, started)
     finally:
         stop_runtime(runtime)
+
+
+def _train_stage(stage: str, kind: str, config: dict[str, Any], runtime: Runtime, folder: RunFolder, started: float) -> dict[str, Any]:
+    """The body of `train_stage`, in its claimed run folder: build, train, save the model and the record."""
+    if config["train"]["threads"]:
+        torch.set_num_threads(int(config["train"]["threads"]))
+    task = scored_task(get_task(config["task"]), config["data"])
+    method = stage_method(config, stage, task.name)
+    teacher = build_model(_spec(config, "teacher", f"train-{stage}"), task=task, role="teacher", head="trained")
+    teacher.model.to(runtime.device).eval().requires_grad_(False)
+    student = build_model(_spec(config, "student", f"train-{stage}"), task=task, role="student", head="trained", seed=int(config["seed"]))
+    student.model.to(runtime.device)
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"):
+        if getattr(teacher.model.config, key) != getattr(student.model.config, key):
+            raise ModelError(f"teacher and student differ in {key}: a DynaBERT stage starts the student from the teacher's own architecture")
+    train_data, dev_data, fingerprints = _data(config, task, student.tokenizer)
+    subnets = _stage_subnets(config, stage)
+    objective = StageObjective(method, student.model.config, subnets, regression=task.is_regression).to(runtime.device)
+    step_loss = make_stage_loss(stage, objective, student.model, teacher.model, config["teacher_width"])
+    lr = float(config["train"]["lr"] or method.settings.get("lr") or 2e-5)
+    epochs = int(config["train"]["epochs"] or method.settings.get("epochs") or 3)
+    setup = TrainSetup(
+        run_dir=folder.path, config=config, config_fingerprint=result_fingerprint(config), student=student.model,
+        objective=objective, step_loss=step_loss, train_data=train_data, dev_data=dev_data, task=task, lr=lr,
+        epochs=epochs, runtime=runtime, evaluate_dev=False,
+    )
+    result = train(setup)
+    with defer_interrupts("the final save"):
+        with atomic_directory(folder.path / "model") as tmp:
+            save_model(student, tmp)
+        record = {
+            **_base_record(kind, config, task, started),
+            "stage": stage, "method_resolved": method.to_record(), "lr": lr, "epochs": epochs,
+            "subnets": [{"width": s.width, "depth": s.depth, "tag": s.tag} for s in subnets],
+            "layer_maps": objective.layer_maps(), "teacher_width": config["teacher_width"] if stage == "depth" else "full",
+            "history": result.history, "steps": result.steps, "examples_seen": result.examples_seen,
+            "train_seconds": result.train_seconds,
+            "student": describe(student.model, student.spec, student.head), "teacher": describe(teacher.model, teacher.spec, teacher.head),
+            "data_fingerprints": fingerprints, "runtime": runtime.to_record(),
+        }
+        folder.write_record(record)
+        ckpt.remove_checkpoints(folder.path)
+    pause_point("run-finished")
+    return record
 
 
 # --------------------------------------------------------------------------- evaluate, export

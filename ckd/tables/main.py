@@ -30,6 +30,7 @@ from ckd.tables.common import (
     run_regime,
     student_size,
 )
+from ckd.tables.one_class import caption_note, one_class_table
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "resources" / "paper_dev.csv"
 PAPER_METHODS = {
@@ -84,6 +85,9 @@ def main_table(groups: dict[RowKey, list[dict]], columns: list[Column], score: s
     if any(run_regime(runs) != DEFAULT_REGIME for runs in groups.values()):
         caption.append("[task-agnostic]: a general-distilled student fine-tuned on the task; [general+task]: "
                        "a general-distilled student task-distilled; other rows are task-specific.")
+    one_class = caption_note(one_class_table([record for runs in groups.values() for record in runs], score))
+    if one_class:
+        caption.append(one_class)
     return Table("main", f"Main results, study {study} ({score} scores)", caption, header, rows, pd.DataFrame(records))
 
 
