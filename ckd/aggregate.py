@@ -70,8 +70,11 @@ def aggregate_study(
                            if m not in intermediate} - set(groups),
                           key=lambda k: (k[0] != "teacher", k[1], method_sort_key(k[2])))
     study = next((r["study"] for r in records if r.get("study")), study_dir.name)
+    by_path = {r["_path"]: r for r in scored}
+    shown = [by_path[p] for p in dict.fromkeys(frame.loc[frame["shown"], "path"]) if p in by_path]
+    one_class = one_class_table(shown, score, study)  # the runs of `groups`: the main table's caption counts them
     tables = [
-        main_table(groups, columns, score, study, placeholders),
+        main_table(groups, columns, score, study, placeholders, one_class),
         paper_delta_table(groups, columns, score, ref, study),
         ablation_table(groups, columns, score, study),
         significance_table(groups, columns, score, baseline, n_boot=n_boot, seed=seed, alternative=alternative,
@@ -79,9 +82,6 @@ def aggregate_study(
     ]
     label_selection(tables, selections)
     tables.append(selected_settings_table(selections, study, unmatched))
-    by_path = {r["_path"]: r for r in scored}
-    shown = [by_path[p] for p in dict.fromkeys(frame.loc[frame["shown"], "path"]) if p in by_path]
-    one_class = one_class_table(shown, score, study)
     written = []
     for table in tables:
         written += write_table(table, out_dir)
@@ -94,8 +94,8 @@ def aggregate_study(
     write_scores(_study_relative(frame, study_dir), out_dir / SCORES_FILE)
     written.append(out_dir / SCORES_FILE)
     settings = {"score": score, "baseline": baseline, "bootstrap": n_boot, "seed": seed, "alternative": alternative,
-                "reference": str(Path(reference).resolve()) if reference is not None else None,
-                "expected": str(Path(expected).resolve()) if expected is not None and not isinstance(expected, dict) else None,
+                "reference": _relative_to(reference, study_dir) if reference is not None else None,
+                "expected": _relative_to(expected, study_dir) if expected is not None and not isinstance(expected, dict) else None,
                 "include_stale": include_stale}
     atomic_write_json(out_dir / SETTINGS_FILE, settings)
     written.append(out_dir / SETTINGS_FILE)
@@ -106,10 +106,10 @@ def _study_relative(frame: pd.DataFrame, study_dir: Path) -> pd.DataFrame:
     """`frame` with its `path` column (record files) relative to the study folder, so that runs.csv and
     scores.csv do not depend on where the study lies: a committed study's tables are re-made byte for byte
     from its records anywhere."""
-    root = study_dir.resolve()
+    return frame.assign(path=frame["path"].map(lambda path: _relative_to(path, study_dir))) if "path" in frame else frame
 
-    def relative(path: str) -> str:
-        resolved = Path(path).resolve()
-        return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
 
-    return frame.assign(path=frame["path"].map(relative)) if "path" in frame else frame
+def _relative_to(path: str | Path, study_dir: Path) -> str:
+    """`path` relative to the study folder when it lies inside it (POSIX form), else resolved."""
+    resolved, root = Path(path).resolve(), study_dir.resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)

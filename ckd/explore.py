@@ -14,6 +14,7 @@ notebook as a PNG, whatever the kernel's matplotlib backend.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -244,15 +245,18 @@ def study_tables(study: Study, *, score: str | None = None, baseline: str | None
     unknown = sorted(wanted - set(TABLES))
     if unknown:
         raise CkdError(f"unknown table(s) {', '.join(unknown)}; choose from {', '.join(TABLES)}")
+    @functools.cache
+    def one_class() -> Table:  # the one_class table and the main table's caption read the same predictions
+        return one_class_table([record for runs in study.groups.values() for record in runs], score, study.name)
+
     builders = {
-        "main": lambda: main_table(study.groups, study.columns, score, study.name),
+        "main": lambda: main_table(study.groups, study.columns, score, study.name, one_class=one_class()),
         "paper_delta": lambda: paper_delta_table(study.groups, study.columns, score,
                                                  load_reference(reference or DEFAULT_REFERENCE), study.name),
         "ablation": lambda: ablation_table(study.groups, study.columns, score, study.name),
         "significance": lambda: significance_table(study.groups, study.columns, score, baseline, n_boot=n_boot,
                                                    seed=seed, alternative=alternative, study=study.name),
-        "one_class": lambda: one_class_table([record for runs in study.groups.values() for record in runs], score,
-                                             study.name),
+        "one_class": one_class,
         "missing": lambda: missing_runs(study.path, study.frame, study.expected, study.name),
     }
     if any(study.filters.values()):

@@ -28,11 +28,13 @@ def library_versions() -> dict[str, str]:
     }
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent  # the folder holding this package: a git checkout, or not
+
+
 def _git(*args: str) -> str | None:
-    """stdout of a git command in the checkout holding this package; None outside a git checkout."""
-    repo = Path(__file__).resolve().parent.parent
+    """stdout of a git command in CHECKOUT; None outside a git checkout."""
     try:
-        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=CHECKOUT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None

@@ -275,12 +275,14 @@ def test_task_agnostic_rows_are_labelled_and_compared_with_the_papers_task_agnos
 
 
 def test_written_run_paths_are_relative_to_the_study_so_a_moved_study_gives_the_same_files(study: Path, tmp_path: Path):
+    (study / "expected.json").write_text(json.dumps([{"task": "rte", "student": "3L-384", "method": "kd", "seed": 1}]))
     moved = tmp_path / "elsewhere" / study.name
     shutil.copytree(study, moved)
-    first, second = aggregate_study(study, n_boot=20), aggregate_study(moved, n_boot=20)
+    first = aggregate_study(study, n_boot=20, expected=study / "expected.json")
+    second = aggregate_study(moved, n_boot=20, expected=moved / "expected.json")
+    assert json.loads((moved / "tables" / "aggregate.json").read_text())["expected"] == "expected.json"
     for a, b in zip(first, second):
         assert a.name == b.name
-        if a.name != "aggregate.json":  # names the study folder it was made from
-            assert a.read_bytes() == b.read_bytes(), a.name
+        assert a.read_bytes() == b.read_bytes(), a.name
     runs = pd.read_csv(study / "tables" / "runs.csv")
     assert all(not Path(p).is_absolute() and (study / p).is_file() for p in runs["path"])

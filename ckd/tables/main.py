@@ -52,8 +52,9 @@ PAPER_METRICS = {
 }
 
 def main_table(groups: dict[RowKey, list[dict]], columns: list[Column], score: str, study: str,
-               placeholders: Iterable[RowKey] = ()) -> Table:
-    """`placeholders`: rows the study expects but has no finished run of (shown with every cell missing)."""
+               placeholders: Iterable[RowKey] = (), one_class: Table | None = None) -> Table:
+    """`placeholders`: rows the study expects but has no finished run of (shown with every cell missing);
+    `one_class`: the `one_class_table` of the runs in `groups`, when the caller has made it (else made here)."""
     groups = {**groups, **{key: [] for key in placeholders if key not in groups}}
     avg_name = "GLUE avg" if all(c.task in PAPER_TASK_ORDER for c in columns) else "Avg"
     header = ["Model", "Params", "Method"] + [c.name for c in columns] + [avg_name]
@@ -85,9 +86,11 @@ def main_table(groups: dict[RowKey, list[dict]], columns: list[Column], score: s
     if any(run_regime(runs) != DEFAULT_REGIME for runs in groups.values()):
         caption.append("[task-agnostic]: a general-distilled student fine-tuned on the task; [general+task]: "
                        "a general-distilled student task-distilled; other rows are task-specific.")
-    one_class = caption_note(one_class_table([record for runs in groups.values() for record in runs], score))
-    if one_class:
-        caption.append(one_class)
+    if one_class is None:
+        one_class = one_class_table([record for runs in groups.values() for record in runs], score)
+    note = caption_note(one_class)
+    if note:
+        caption.append(note)
     return Table("main", f"Main results, study {study} ({score} scores)", caption, header, rows, pd.DataFrame(records))
 
 

