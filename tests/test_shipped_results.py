@@ -4,6 +4,7 @@ of one commit of this repository; and the notebooks open it by default."""
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -58,3 +59,15 @@ def test_committed_tables_are_what_ckd_aggregate_makes_from_the_committed_record
     assert SETTINGS_FILE in {path.name for path in written}  # it names expected.json relative to the study
     for path in written:
         assert path.read_bytes() == (committed / path.name).read_bytes(), f"{path.name} differs from {committed}"
+
+
+def test_the_readme_shows_the_committed_tables(monkeypatch):
+    """README.md holds, line for line, the two tables docs/analysis/readme_tables.py prints from the committed
+    tables/ (main scores with MRPC accuracy, and significance against KD), so the README cannot drift."""
+    monkeypatch.syspath_prepend(str(REPO / "docs" / "analysis"))
+    readme_tables = importlib.import_module("readme_tables")
+    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    for table in (readme_tables.main_table(STUDY / "tables"), readme_tables.significance_table(STUDY / "tables")):
+        assert len(table) > 3
+        start = readme.index(table[0])  # ValueError names the header line the README lacks
+        assert readme[start : start + len(table)] == table
