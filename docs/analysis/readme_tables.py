@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ckd.frame import cell_stats, read_scores
+from ckd.tables.common import fmt_num, fmt_params, row_label
+
 TASK_COLUMNS = ["SST-2", "STS-B", "MRPC", "RTE", "CoLA"]  # README order; main.csv names the columns so
 
 
@@ -27,12 +30,8 @@ def _cell(mean: float, std: float, n: int) -> str:
     if n == 0 or pd.isna(mean):
         return "–"
     if n == 1:
-        return f"{mean:.1f} (1 seed)"
-    return f"{mean:.1f} ± {std:.1f}" + ("" if n >= 3 else f" ({n} seeds)")
-
-
-def _signed(x: float) -> str:
-    return f"+{x:.1f}" if x >= 0 else f"−{-x:.1f}"
+        return f"{fmt_num(mean)} (1 seed)"
+    return f"{fmt_num(mean)} ± {fmt_num(std)}" + ("" if n >= 3 else f" ({n} seeds)")
 
 
 def _p(x: float) -> str:
@@ -46,26 +45,23 @@ def _header(names: list[str]) -> list[str]:
 def main_table(tables: Path) -> list[str]:
     """The main table's Markdown lines (one row per main.csv row, final scores)."""
     main = pd.read_csv(tables / "main.csv")
-    scores = pd.read_csv(tables / "scores.csv")
     cols = [c for c in TASK_COLUMNS if main[f"{c}_n"].max() > 0]
-    acc = scores[
-        (scores.task == "mrpc") & (scores.metric == "accuracy") & (scores.score == "final") & scores.shown
-    ]
-    acc = acc.groupby(["role", "method"])["value"].agg(["mean", "std", "count"])
+    stats = cell_stats(read_scores(tables / "scores.csv"), score="final")
+    acc = stats[(stats.task == "mrpc") & (stats.metric == "accuracy")].set_index(["role", "student", "method"])
     names = []
     for c in cols:
         names += ["MRPC F1", "MRPC acc"] if c == "MRPC" else [c]
     lines = _header(["Model", "Params", "Method"] + names)
     for _, r in main.iterrows():
-        model = f"{r.student} (teacher)" if r.role == "teacher" else r.student
         cells = []
         for c in cols:
             cells.append(_cell(r[c], r[f"{c}_std"], int(r[f"{c}_n"])))
             if c == "MRPC":
-                key = (r.role, r.method)
+                key = (r.role, r.student, r.method)
                 a = acc.loc[key] if key in acc.index else None
-                cells.append("–" if a is None else _cell(100 * a["mean"], 100 * a["std"], int(a["count"])))
-        lines.append(f"| {model} | {r.params / 1e6:.1f}M | {r.method} | " + " | ".join(cells) + " |")
+                cells.append("–" if a is None else _cell(a["mean"], a["std"], int(a["n"])))
+        label = row_label(r.role, r.student)
+        lines.append(f"| {label} | {fmt_params(r.params)} | {r.method} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -83,7 +79,8 @@ def significance_table(tables: Path) -> list[str]:
                 continue
             s = s.iloc[0]
             row.append(
-                f"{_signed(s['diff'])} [{_signed(s.ci_low)}, {_signed(s.ci_high)}], "
+                f"{fmt_num(s['diff'], signed=True)} [{fmt_num(s.ci_low, signed=True)}, "
+                f"{fmt_num(s.ci_high, signed=True)}], "
                 f"{_p(s.p_bootstrap)} ({s.p_signflip:.3f})"
             )
         lines.append(f"| {method} | " + " | ".join(row) + " |")
